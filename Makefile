@@ -1,0 +1,24 @@
+PY ?= .venv/bin/python
+PIP ?= .venv/bin/pip
+
+.PHONY: install test train eval bench clean
+
+install:  ## one command: fresh virtual environment + package + test tools
+	python3 -m venv .venv
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[dev]"
+
+test:
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+train:
+	$(PY) -m captionless3d.train
+
+eval:
+	$(PY) -m captionless3d.eval
+
+bench:
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf outputs multirun .pytest_cache

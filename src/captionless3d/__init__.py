@@ -1,0 +1,2 @@
+"""captionless3d."""
+__version__ = "0.1.0"
