@@ -1,0 +1,183 @@
+"""LightningDataModule: (points, one random view embedding, category, index) for the student.
+
+Items are fetched a whole batch at a time through ``Dataset.__getitems__`` so that subsampling, normalisation and
+rotation are vectorised over the batch (no Python loop over samples).
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from captionless3d.data.pointcloud import normalize_unit_sphere, random_rotate, random_subset
+from captionless3d.errors import ConfigError, DataError
+
+
+class PointSource(Protocol):
+    """What the data module needs of a shape collection (see docs/architecture.md)."""
+
+    points: np.ndarray  # (N, P, 3) float32
+    labels: np.ndarray  # (N,) int64
+    object_ids: Sequence[str]
+
+    def indices(self, split: str) -> np.ndarray: ...
+
+
+class PointViewDataset(Dataset):
+    """Samples of one split.
+
+    Each item is a dict with ``points (n_points, 3)`` float32, ``image_emb (D,)`` float32 (one view embedding; a random
+    view when ``random_view`` else view 0), ``label`` int64 and ``index`` int64 (the global object index into the
+    collection, used to look up priors and name objects in error messages).
+    """
+
+    def __init__(
+        self,
+        points: np.ndarray,
+        view_emb: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        *,
+        n_points: int,
+        rotation_degrees: float,
+        random_view: bool,
+        seed: int | None = None,
+    ) -> None:
+        if len(indices) == 0:
+            raise DataError("split is empty: no objects to serve")
+        if points.shape[1] < n_points:
+            raise DataError(f"data.n_points={n_points} but the stored clouds have only {points.shape[1]} points")
+        self.points = points
+        self.view_emb = view_emb
+        self.labels = labels
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.n_points = n_points
+        self.rotation_degrees = rotation_degrees
+        self.random_view = random_view
+        self.seed = seed  # fixed seed: deterministic sampling per item (validation); None: fresh randomness
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        batch = self.__getitems__([position])
+        return {key: value[0] for key, value in batch.items()}
+
+    def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        order = np.asarray(positions, dtype=np.int64)
+        global_index = self.indices[order]
+        sorted_idx = np.sort(global_index)  # memmap fancy-indexing wants sorted reads; restore order after
+        restore = np.argsort(np.argsort(global_index))
+        points = torch.from_numpy(np.ascontiguousarray(self.points[sorted_idx][restore], dtype=np.float32))
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator().manual_seed(int(self.seed * 1_000_003 + int(global_index.sum())))
+        points = random_subset(points, self.n_points, generator)
+        points = normalize_unit_sphere(points)
+        points = random_rotate(points, self.rotation_degrees, generator)
+        n_views = self.view_emb.shape[1]
+        if self.random_view:
+            views = torch.randint(n_views, (len(order),), generator=generator).numpy()
+        else:
+            views = np.zeros(len(order), dtype=np.int64)
+        image_emb = np.asarray(self.view_emb[sorted_idx][restore][np.arange(len(order)), views], dtype=np.float32)
+        return {
+            "points": points,
+            "image_emb": torch.from_numpy(image_emb),
+            "label": torch.from_numpy(self.labels[global_index].astype(np.int64)),
+            "index": torch.from_numpy(global_index),
+        }
+
+
+def _collate_batch(batch: Any) -> Any:
+    """``__getitems__`` already returns a collated batch; pass it through."""
+    return batch
+
+
+class PointViewDataModule(L.LightningDataModule):
+    """Serves the student-train and validation splits of a collection with its cached teacher view embeddings."""
+
+    def __init__(
+        self,
+        *,
+        n_points: int = 2048,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        rotation_degrees: float = 45.0,
+        train_split: str = "train",
+        val_split: str = "val",
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if n_points < 1:
+            raise ConfigError(f"data.n_points must be >= 1, got {n_points}")
+        self.n_points = n_points
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.rotation_degrees = rotation_degrees
+        self.train_split = train_split
+        self.val_split = val_split
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.collection: PointSource | None = None
+        self.view_emb: np.ndarray | None = None
+
+    def attach(self, collection: PointSource, view_emb: np.ndarray) -> "PointViewDataModule":
+        """Give the module its data: the collection and the ``(N, V, D)`` view embeddings of the feature store."""
+        if view_emb.shape[0] != collection.points.shape[0]:
+            raise DataError(
+                f"feature store has {view_emb.shape[0]} objects but the collection has {collection.points.shape[0]}"
+            )
+        self.collection = collection
+        self.view_emb = view_emb
+        return self
+
+    def _dataset(self, split: str, *, train: bool) -> PointViewDataset:
+        if self.collection is None or self.view_emb is None:
+            raise RuntimeError("PointViewDataModule.attach(collection, view_emb) must be called before use")
+        indices = self.collection.indices(split)
+        if train and len(indices) < self.batch_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the '{split}' split ({len(indices)} objects); "
+                "lower data.batch_size"
+            )
+        return PointViewDataset(
+            self.collection.points,
+            self.view_emb,
+            self.collection.labels,
+            indices,
+            n_points=self.n_points,
+            rotation_degrees=self.rotation_degrees,
+            random_view=True,
+            seed=None if train else self.seed,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self._dataset(self.train_split, train=True),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            collate_fn=_collate_batch,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self._dataset(self.val_split, train=False),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=_collate_batch,
+            pin_memory=self.pin_memory,
+        )

@@ -1,0 +1,65 @@
+"""Point-cloud preprocessing shared by training, evaluation and the API (batched, vectorised over the batch).
+
+All functions take and return ``torch.Tensor`` of shape ``(B, N, 3)`` float32 in object units; no Python loop over B.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from captionless3d.errors import DataError
+
+
+def check_points(points: torch.Tensor, name: str = "points") -> torch.Tensor:
+    """Validate a ``(B, N, 3)`` batch: rank, channel count, finiteness. Raises :class:`DataError` naming ``name``."""
+    if points.ndim != 3 or points.shape[-1] != 3:
+        raise DataError(f"{name}: expected a (B, N, 3) tensor of xyz, got shape {tuple(points.shape)}")
+    if points.shape[0] == 0 or points.shape[1] == 0:
+        raise DataError(f"{name}: empty batch or empty cloud, shape {tuple(points.shape)}")
+    if not torch.isfinite(points).all():
+        bad = (~torch.isfinite(points)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise DataError(f"{name}: NaN/Inf coordinates in batch rows {bad[:10]}")
+    return points
+
+
+def normalize_unit_sphere(points: torch.Tensor) -> torch.Tensor:
+    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (paper §8, ULIP ``pc_norm``)."""
+    centred = points - points.mean(dim=1, keepdim=True)
+    radius = centred.norm(dim=-1).amax(dim=1).clamp_min(1e-12)
+    return centred / radius[:, None, None]
+
+
+def random_subset(points: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``n`` points per cloud uniformly without replacement (paper §8: re-drawn at every access).
+
+    Raises :class:`DataError` when a cloud has fewer than ``n`` points (no silent duplication).
+    """
+    batch, available, _ = points.shape
+    if available < n:
+        raise DataError(f"need {n} points per cloud but the stored clouds have only {available}")
+    if available == n:
+        return points
+    keys = torch.rand(batch, available, generator=generator)
+    order = keys.argsort(dim=1)[:, :n]
+    return torch.gather(points, 1, order[..., None].expand(-1, -1, 3))
+
+
+def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+    """``R = R_z R_y R_x`` for angles ``(B, 3)`` in radians (x, y, z). Returns ``(B, 3, 3)``."""
+    cx, cy, cz = torch.cos(angles).unbind(-1)
+    sx, sy, sz = torch.sin(angles).unbind(-1)
+    one, zero = torch.ones_like(cx), torch.zeros_like(cx)
+    rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], -1).view(-1, 3, 3)
+    ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).view(-1, 3, 3)
+    rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one], -1).view(-1, 3, 3)
+    return rz @ ry @ rx
+
+
+def random_rotate(points: torch.Tensor, max_degrees: float = 45.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each cloud by independent uniform angles in ``[-max_degrees, max_degrees]`` about x, y, z (paper §8)."""
+    if max_degrees <= 0:
+        return points
+    limit = math.radians(max_degrees)
+    angles = (torch.rand(points.shape[0], 3, generator=generator) * 2 - 1) * limit
+    return points @ rotation_matrices(angles).transpose(1, 2)

@@ -1,0 +1,1 @@
+"""Training glue: the LightningModule and learning-rate schedule."""
