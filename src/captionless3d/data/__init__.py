@@ -1,0 +1,1 @@
+"""Data: the synthetic world (embedded default dataset), readers and the student datamodule."""
