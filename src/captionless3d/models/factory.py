@@ -1,0 +1,124 @@
+"""Registry of point-encoder presets and ``build_point_encoder``.
+
+Presets (OpenPoints configs; parameter counts exact, checked against ``openpoints==0.1.2``'s own constructor):
+
+============  ==============================  ==================  ===========  ==============  ============  ============
+name          blocks / strides                SA / radius          encoder      + head [512,    + 256->512    total
+                                                                   (in_ch 3)    256] (no out)   (bias)        (embed 512)
+============  ==============================  ==================  ===========  ==============  ============  ============
+pointnext_s   [1,1,1,1,1,1] / [1,2,2,2,2,1]   2 layers, res;       968,480      1,363,232       131,584       1,494,816
+                                              0.15 x1.5/stage
+pointnext_b   [1,2,3,2,2] / [1,4,4,4,4]       1 layer; 0.1 x2      3,476,224    3,870,976       131,584       4,002,560
+pointnext_l   [1,3,5,3,3] / [1,4,4,4,4]       1 layer; 0.1 x2      6,773,440    7,168,192       131,584       7,299,776
+pointnext_xl  [1,4,7,4,4] / [1,4,4,4,4],      1 layer; 0.1 x2      40,174,848   40,831,744      131,584       40,963,328
+              width 64                        (out 1024)                        (1024->512->256)
+============  ==============================  ==================  ===========  ==============  ============  ============
+
+``in_channels=4`` adds ``width`` parameters (the stem conv), e.g. PointNeXt-S 968,512. PointNeXt-S with the ModelNet40
+``ClsHead`` (40 classes) is 1,373,512 = OpenPoints' "1.374 M"; ULIP's header says 1.367 M for its modified head.
+``pointnext_b/l/xl`` use the encoder settings of OpenPoints' ``pointnext-{b,l,xl}.yaml`` (S3DIS; there is no
+classification config for them; ``radius_scaling`` is OpenPoints' default 2); their last stage keeps several points,
+which :class:`PointNextEncoder` max-pools into the global feature.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from captionless3d.errors import ConfigError
+
+from .heads import PointEncoder, ProjectionHead
+from .pointnext import PointNextEncoder
+
+__all__ = [
+    "register_encoder",
+    "list_encoders",
+    "encoder_config",
+    "create_encoder",
+    "build_point_encoder",
+]
+
+_REGISTRY: dict[str, Callable[[], dict[str, Any]]] = {}
+_ENCODER_KEYS = set(inspect.signature(PointNextEncoder.__init__).parameters) - {"self"}
+
+
+def register_encoder(name: str | None = None) -> Callable:
+    """Decorator (timm style): register a function returning the ``PointNextEncoder`` kwargs of a preset."""
+
+    def deco(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ConfigError(f"model name {key!r} is already registered")
+        _REGISTRY[key] = fn
+        return fn
+
+    return deco
+
+
+def list_encoders() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def encoder_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The preset's kwargs with ``overrides`` applied (unknown name or key -> :class:`ConfigError`)."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown point encoder {name!r}; known: {', '.join(list_encoders())}")
+    cfg = dict(_REGISTRY[name]())
+    unknown = sorted(set(overrides) - _ENCODER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"model: unknown PointNextEncoder option(s) {unknown}; valid: {', '.join(sorted(_ENCODER_KEYS))}"
+        )
+    cfg.update(overrides)
+    return cfg
+
+
+def create_encoder(name: str = "pointnext_s", **overrides: Any) -> PointNextEncoder:
+    return PointNextEncoder(**encoder_config(name, **overrides))
+
+
+def build_point_encoder(
+    name: str = "pointnext_s",
+    embed_dim: int = 512,
+    head_mlps: Sequence[int] = (512, 256),
+    in_channels: int = 3,
+    head_dropout: float = 0.5,
+    **overrides: Any,
+) -> PointEncoder:
+    """Backbone preset ``name`` + :class:`ProjectionHead` (``head_mlps`` then ``Linear -> embed_dim``)."""
+    encoder = create_encoder(name, in_channels=in_channels, **overrides)
+    head = ProjectionHead(encoder.out_channels, mlps=head_mlps, out_dim=embed_dim, dropout=head_dropout)
+    return PointEncoder(encoder, head)
+
+
+# --------------------------------------------------------------------------------------------------- presets
+_COMMON = dict(nsample=32, expansion=4, normalize_dp=True, aggr="max")
+
+
+@register_encoder()
+def pointnext_s() -> dict[str, Any]:
+    """ULIP / No-Captions ``pointnext-s.yaml`` (= OpenPoints ModelNet40 PointNeXt-S)."""
+    return dict(_COMMON, width=32, blocks=(1, 1, 1, 1, 1, 1), strides=(1, 2, 2, 2, 2, 1), radius=0.15,
+                radius_scaling=1.5, sa_layers=2, sa_use_res=True)
+
+
+@register_encoder()
+def pointnext_b() -> dict[str, Any]:
+    """OpenPoints ``pointnext-b.yaml`` encoder."""
+    return dict(_COMMON, width=32, blocks=(1, 2, 3, 2, 2), strides=(1, 4, 4, 4, 4), radius=0.1, radius_scaling=2.0,
+                sa_layers=1, sa_use_res=False)
+
+
+@register_encoder()
+def pointnext_l() -> dict[str, Any]:
+    """OpenPoints ``pointnext-l.yaml`` encoder."""
+    return dict(_COMMON, width=32, blocks=(1, 3, 5, 3, 3), strides=(1, 4, 4, 4, 4), radius=0.1, radius_scaling=2.0,
+                sa_layers=1, sa_use_res=False)
+
+
+@register_encoder()
+def pointnext_xl() -> dict[str, Any]:
+    """OpenPoints ``pointnext-xl.yaml`` encoder."""
+    return dict(_COMMON, width=64, blocks=(1, 4, 7, 4, 4), strides=(1, 4, 4, 4, 4), radius=0.1, radius_scaling=2.0,
+                sa_layers=1, sa_use_res=False)

@@ -1,0 +1,309 @@
+"""Fused, chunked "gather -> BN -> act [-> 1x1 conv -> BN -> act] -> max over neighbours" with a hand-written backward.
+
+This is the hot path of PointNeXt (every set abstraction and local aggregation). Plain autograd materialises several
+``(B, npoint, nsample, C)`` tensors per layer (hundreds of MB at batch 32) and on CPU most of the time goes into
+allocating, page-faulting and streaming them. Here the grouped tensors only ever exist one chunk of centres at a time
+(a few MB, cache-resident); what is kept for backward is ``O(B * npoint * C)``.
+
+Math (per channel; ``R = B * M * K`` grouped rows, ``h_i = u[nbr_i] - v[m_i]``):
+
+* forward pass 1 (training): batch statistics of ``h`` (float64 accumulation);
+* forward pass 2: ``a = act1(BN1(h))``, optionally ``z = a W2^T`` with BN2 statistics, and the arg-max over ``K`` of
+  the *last BN's output*. BN is a per-channel affine map ``s * x + t`` whose scale has the sign of gamma, and the
+  activation (ReLU) is monotone, so ``max_k act(s z_k + t) = act(s * z_sel + t)`` with ``z_sel`` the max of
+  ``sign(gamma) * z`` over k: no full BN2 output is ever built;
+* backward: ``dL/dy`` is non-zero only at the selected neighbour; the BN backward
+  ``dx = g istd (dy - mean(dy) - xhat mean(dy xhat))`` is rebuilt chunk by chunk (recomputing ``a`` and ``z``), and
+  the BN1 backward, which needs global sums before it can be applied, is pushed through the linear gather:
+  ``du[n] = A (SD[n] - cnt[n] dbeta/R - SH[n] dgamma/R)``, ``dv[m] = -A (Sd[m] - K dbeta/R - Sh[m] dgamma/R)``, with
+  ``SD/SH`` scatter-sums of ``d`` and ``xhat`` over the rows that read source ``n`` and ``Sd/Sh`` sums over k.
+
+BatchNorm semantics (batch statistics + running-stat update in training, running statistics in eval, momentum or
+cumulative averaging, ``num_batches_tracked``) are those of ``torch.nn.BatchNorm``. Tests check values and all
+gradients against the plain-autograd reference path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .ops import flat_index, single_thread
+
+__all__ = ["grouped_mlp_max", "supports", "CHUNK_ELEMS"]
+
+#: Target number of float elements of one chunk's widest grouped tensor (~4 MB).
+CHUNK_ELEMS = 1 << 20
+
+
+def supports(blocks: list) -> bool:
+    """Whether the fused path covers this block list (1 or 2 conv blocks, each conv (no bias) -> BN [-> ReLU])."""
+    if not 1 <= len(blocks) <= 2:
+        return False
+    for i, blk in enumerate(blocks):
+        bn = getattr(blk, "bn", None)
+        if bn is None or not bn.affine:
+            return False
+        if i > 0 and blk[0].bias is not None:
+            return False
+    return True
+
+
+@dataclass
+class _BNSpec:
+    bn: nn.modules.batchnorm._BatchNorm
+    use_batch: bool
+    update: bool
+    eaf: float
+    act: bool
+
+
+def _spec(block) -> _BNSpec:
+    bn = block.bn
+    update = bool(bn.training and bn.track_running_stats and bn.running_mean is not None)
+    if update and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
+    else:
+        eaf = 0.0 if bn.momentum is None else float(bn.momentum)
+    use_batch = bool(bn.training or bn.running_mean is None)
+    return _BNSpec(bn=bn, use_batch=use_batch, update=update, eaf=eaf, act=bool(block.has_act))
+
+
+def _finish_stats(spec: _BNSpec, s: Tensor | None, ss: Tensor | None, R: int, dtype) -> tuple[Tensor, Tensor]:
+    """mean, invstd (float32) from float64 sums, updating the running statistics like BatchNorm."""
+    bn = spec.bn
+    if spec.use_batch:
+        mean = s / R
+        var = (ss / R - mean * mean).clamp_min(0.0)
+        if spec.update:
+            unbiased = var * (R / max(R - 1, 1))
+            bn.running_mean.mul_(1.0 - spec.eaf).add_(mean.to(bn.running_mean.dtype), alpha=spec.eaf)
+            bn.running_var.mul_(1.0 - spec.eaf).add_(unbiased.to(bn.running_var.dtype), alpha=spec.eaf)
+    else:
+        mean = bn.running_mean.double()
+        var = bn.running_var.double()
+    invstd = torch.rsqrt(var + bn.eps)
+    return mean.to(dtype), invstd.to(dtype)
+
+
+class _ColumnStats:
+    """Per-channel sum and sum of squares of row chunks, shifted by the first chunk's mean (less cancellation in
+    ``E[x^2] - E[x]^2``); chunk sums in float32 via matrix-vector products, totals in float64."""
+
+    def __init__(self, C: int, dtype, device=None) -> None:
+        self.shift: Tensor | None = None
+        self.s = torch.zeros(C, dtype=torch.float64, device=device)
+        self.ss = torch.zeros(C, dtype=torch.float64, device=device)
+        self.n = 0
+        self._buf: Tensor | None = None
+
+    def add(self, x2d: Tensor, ones: Tensor) -> None:
+        rows = x2d.shape[0]
+        if self.shift is None:
+            self.shift = torch.mv(x2d.t(), ones[:rows]).div_(rows)
+        if self._buf is None or self._buf.shape[0] < rows:
+            self._buf = torch.empty_like(x2d)
+        d = torch.sub(x2d, self.shift, out=self._buf[:rows])
+        self.s += torch.mv(d.t(), ones[:rows]).double()
+        self.ss += torch.mv(d.mul_(d).t(), ones[:rows]).double()
+        self.n += rows
+
+    def sums(self) -> tuple[Tensor, Tensor]:
+        """(sum, sum of squares) of the *unshifted* data, float64."""
+        c = self.shift.double()
+        s = self.s + self.n * c
+        ss = self.ss + 2.0 * c * self.s + self.n * c * c
+        return s, ss
+
+
+class _GroupedMLPMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None):  # type: ignore[override]
+        with single_thread():
+            return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2)
+
+    @staticmethod
+    def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None):
+        B, N, C1 = u.shape
+        _, M, K = nbr.shape
+        BM, R = B * M, B * M * nbr.shape[2]
+        dtype, dev = u.dtype, u.device
+        u2 = u.reshape(B * N, C1).contiguous()
+        v2 = v.reshape(BM, C1).contiguous()
+        fn = flat_index(nbr, N).reshape(BM, K)
+        has2 = w2 is not None
+        C2 = w2.shape[0] if has2 else C1
+        cm = max(1, CHUNK_ELEMS // (K * max(C1, C2)))
+        rows_max = min(cm, BM) * K
+        ones = torch.ones(rows_max, dtype=dtype, device=dev)
+        hbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+
+        def h_chunk(m0: int, m1: int) -> Tensor:
+            rows = (m1 - m0) * K
+            h = torch.index_select(u2, 0, fn[m0:m1].reshape(-1), out=hbuf[:rows]).view(m1 - m0, K, C1)
+            return h.sub_(v2[m0:m1].unsqueeze(1))
+
+        # pass 1: BN1 batch statistics
+        st1 = None
+        if spec1.use_batch:
+            st1 = _ColumnStats(C1, dtype, u.device)
+            for m0 in range(0, BM, cm):
+                st1.add(h_chunk(m0, min(BM, m0 + cm)).view(-1, C1), ones)
+        mean1, invstd1 = _finish_stats(spec1, *(st1.sums() if st1 else (None, None)), R, dtype)
+        sc1 = g1 * invstd1
+        sh1 = b1 - mean1 * sc1
+
+        # pass 2: activations, (conv2 + BN2 statistics), selection over k
+        sel_val = torch.empty(BM, C2, dtype=dtype, device=dev)
+        sel_idx = torch.empty(BM, C2, dtype=torch.long, device=dev)
+        abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        if has2:
+            sgn = torch.where(g2 >= 0, 1.0, -1.0).to(dtype)
+            flip = bool((g2 < 0).any())
+            st2 = _ColumnStats(C2, dtype, u.device) if spec2.use_batch else None
+            w2t = w2.t()
+            zbuf = torch.empty(rows_max, C2, dtype=dtype, device=dev)
+        for m0 in range(0, BM, cm):
+            m1 = min(BM, m0 + cm)
+            rows = (m1 - m0) * K
+            a = torch.addcmul(sh1, h_chunk(m0, m1), sc1, out=abuf[:rows].view(m1 - m0, K, C1))
+            if spec1.act:
+                a.relu_()
+            if has2:
+                z2d = torch.mm(a.view(-1, C1), w2t, out=zbuf[:rows])
+                if st2 is not None:
+                    st2.add(z2d, ones)
+                z = z2d.view(m1 - m0, K, C2)
+                if flip:
+                    vals, ids = z.mul_(sgn).max(dim=1)
+                    sel_val[m0:m1] = vals.mul_(sgn)
+                else:
+                    vals, ids = z.max(dim=1)
+                    sel_val[m0:m1] = vals
+            else:
+                vals, ids = a.max(dim=1)
+                sel_val[m0:m1] = vals
+            sel_idx[m0:m1] = ids
+        del hbuf, abuf
+
+        if has2:
+            mean2, invstd2 = _finish_stats(spec2, *(st2.sums() if st2 else (None, None)), R, dtype)
+            sc2 = g2 * invstd2
+            out = torch.addcmul(b2 - mean2 * sc2, sel_val, sc2)
+            if spec2.act:
+                out.relu_()
+        else:
+            mean2 = invstd2 = None
+            out = sel_val
+        ctx.dims = (B, N, M, K, C1, C2, cm)
+        ctx.specs = (spec1.use_batch, spec1.act, has2, spec2.use_batch if has2 else False, spec2.act if has2 else False)
+        ctx.save_for_backward(u2, v2, fn, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2)
+        return out.view(B, M, C2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout):  # type: ignore[override]
+        with single_thread():
+            return _GroupedMLPMax._backward(ctx, gout)
+
+    @staticmethod
+    def _backward(ctx, gout):
+        B, N, M, K, C1, C2, cm = ctx.dims
+        batch1, act1, has2, batch2, act2 = ctx.specs
+        u2, v2, fn, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
+        BM, R = B * M, B * M * K
+        dtype, dev = u2.dtype, u2.device
+        gy = gout.reshape(BM, C2).to(dtype)
+        if act2 if has2 else act1:
+            gy = torch.ops.aten.threshold_backward(gy, out, 0.0)
+
+        dg2 = db2 = dw2 = None
+        if has2:
+            zhat_sel = (sel_val - mean2) * invstd2
+            db2 = gy.sum(0)
+            dg2 = (gy * zhat_sel).sum(0)
+            sc2 = g2 * invstd2
+            if batch2:
+                cz = -sc2 * dg2 / R * invstd2  # coefficient of (z - mean2)
+                c0 = -sc2 * db2 / R
+                c0 = c0 - cz * mean2  # dz = dsel + cz * z + c0
+            dw2 = torch.zeros_like(w2)
+            gsel = gy * sc2  # dL/dz at the selected rows (sparse part)
+        else:
+            gsel = gy
+
+        rows_max = min(cm, BM) * K
+        ones = torch.ones(rows_max, dtype=dtype, device=dev)
+        hbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        tbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        dbuf = torch.empty(rows_max, C2, dtype=dtype, device=dev)
+        if has2:
+            dabuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        SD = torch.zeros(B * N, C1, dtype=dtype, device=dev)
+        Sd = torch.empty(BM, C1, dtype=dtype, device=dev)
+        SH = torch.zeros(B * N, C1, dtype=dtype, device=dev) if batch1 else None
+        Sh = torch.empty(BM, C1, dtype=dtype, device=dev) if batch1 else None
+        db1 = torch.zeros(C1, dtype=torch.float64, device=dev)
+        dg1 = torch.zeros(C1, dtype=torch.float64, device=dev)
+        for m0 in range(0, BM, cm):
+            m1 = min(BM, m0 + cm)
+            c, rows = m1 - m0, (m1 - m0) * K
+            idx = fn[m0:m1].reshape(-1)
+            h = torch.index_select(u2, 0, idx, out=hbuf[:rows]).view(c, K, C1).sub_(v2[m0:m1].unsqueeze(1))
+            hhat = h.sub_(mean1).mul_(invstd1)
+            a = torch.addcmul(b1, hhat, g1, out=abuf[:rows].view(c, K, C1))
+            if act1:
+                a.relu_()
+            dsel = dbuf[:rows].view(c, K, C2).zero_()
+            dsel.scatter_(1, sel_idx[m0:m1].unsqueeze(1), gsel[m0:m1].unsqueeze(1))
+            if has2:
+                a2d = a.view(-1, C1)
+                dz2d = dsel.view(-1, C2)
+                if batch2:  # dz = dsel + cz * (a W2^T) + c0, with a W2^T recomputed
+                    dz2d.add_(c0).addmm_(a2d, w2.t() * cz.unsqueeze(0))
+                dw2.addmm_(dz2d.t(), a2d)
+                d = torch.mm(dz2d, w2, out=dabuf[:rows]).view(c, K, C1)
+            else:
+                d = dsel
+            if act1:
+                d = torch.ops.aten.threshold_backward(d, a, 0.0)
+            d2d = d.reshape(-1, C1)
+            db1 += torch.mv(d2d.t(), ones[:rows]).double()
+            dg1 += torch.mv(torch.mul(d2d, hhat.view(-1, C1), out=tbuf[:rows]).t(), ones[:rows]).double()
+            SD.index_add_(0, idx, d2d)
+            Sd[m0:m1] = d.sum(dim=1)
+            if batch1:
+                SH.index_add_(0, idx, hhat.view(-1, C1))
+                Sh[m0:m1] = hhat.sum(dim=1)
+        db1 = db1.to(dtype)
+        dg1 = dg1.to(dtype)
+        A1 = g1 * invstd1
+        if batch1:
+            cnt = torch.bincount(fn.reshape(-1), minlength=B * N).to(dtype).unsqueeze(1)
+            du = (SD - cnt * (db1 / R) - SH * (dg1 / R)) * A1
+            dv = (Sd - K * (db1 / R) - Sh * (dg1 / R)) * (-A1)
+        else:
+            du = SD * A1
+            dv = Sd * (-A1)
+        return (du.view(B, N, C1), dv.view(B, M, C1), None, dg1, db1, dw2, dg2, db2, None, None)
+
+
+def grouped_mlp_max(u: Tensor, v: Tensor, nbr: Tensor, blocks: list) -> Tensor:
+    """``max_k blocks[1:](post0(u[nbr] - v))`` -> ``(B, M, C_out)`` with ``post0`` = BN/act of ``blocks[0]``.
+
+    ``u (B, N, C1)`` per-source pre-activations, ``v (B, M, C1)`` per-centre offsets, ``nbr (B, M, K)`` int64.
+    """
+    spec1 = _spec(blocks[0])
+    bn1 = blocks[0].bn
+    if len(blocks) == 2:
+        blk2 = blocks[1]
+        spec2 = _spec(blk2)
+        w2 = blk2.weight2d
+        g2, b2 = blk2.bn.weight, blk2.bn.bias
+    else:
+        spec2, w2, g2, b2 = None, None, None, None
+    return _GroupedMLPMax.apply(u, v, nbr, bn1.weight, bn1.bias, w2, g2, b2, spec1, spec2)

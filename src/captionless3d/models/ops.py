@@ -1,0 +1,178 @@
+"""Point-cloud operators of PointNeXt in pure PyTorch (CPU first), with the semantics of OpenPoints' CUDA kernels.
+
+Layouts: coordinates are ``(B, N, 3)``; features inside this package are *channels-last* ``(B, N, C)`` (OpenPoints
+keeps ``(B, C, N)``; a 1x1 convolution over channels-last data is a plain matrix multiplication).
+
+Semantics matched to ``openpoints/cpp/pointnet2_batch``:
+
+* :func:`furthest_point_sample` starts at index ``start`` (the CUDA kernel always starts at 0), keeps the running
+  minimum squared distance (initialised to 1e10) and picks the arg-max each step. Ties go to the lowest index here;
+  the CUDA block reduction breaks exact ties in a thread-dependent order, which only matters for duplicate points.
+* :func:`ball_query` returns, for each query, the *first* ``nsample`` support indices in index order whose squared
+  distance is ``< radius**2`` (strict), pads the remaining slots with the first index found, and returns all zeros
+  when the ball is empty (the CUDA op zero-initialises its output). Distances are computed with a matrix product
+  (``|q|^2 + |s|^2 - 2 q.s``), so a pair within ~1e-7 of the sphere boundary may be classified differently from the
+  CUDA kernel's direct differences.
+
+All index outputs are ``int64`` and carry no gradient. Nothing loops over the batch in Python: FPS loops over the
+samples (vectorised over the batch); ball query is chunked over the batch only to bound memory.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "furthest_point_sample",
+    "random_sample",
+    "ball_query",
+    "gather_points",
+    "group_points",
+    "flat_index",
+    "single_thread",
+]
+
+#: Largest ``b * M * N`` a ball-query chunk materialises (float32 distances: 4 bytes each).
+BALL_QUERY_CHUNK_ELEMS = 1 << 21
+
+#: Intra-op threads for the chunked hot loops (FPS, ball query, the fused grouped layers). Their kernels are small
+#: (cache-sized chunks): on shared cores OpenMP fork/join and spin-waiting made a batch-32 train step 20x slower
+#: with 2 threads than with 1 (39 s vs 1.9 s measured). Raise it on a machine with idle cores.
+HOT_LOOP_THREADS = 1
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the body with at most :data:`HOT_LOOP_THREADS` intra-op threads (restores the setting afterwards)."""
+    n = torch.get_num_threads()
+    want = max(1, min(n, HOT_LOOP_THREADS))
+    if n == want:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@torch.no_grad()
+def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
+    """Farthest point sampling. ``xyz (B, N, 3)`` -> indices ``(B, npoint)`` int64.
+
+    Deterministic: the first sample is ``start`` for every cloud, then each step takes the point whose squared
+    distance to the chosen set is largest (lowest index on exact ties).
+    """
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"furthest_point_sample expects (B, N, 3), got {tuple(xyz.shape)}")
+    B, N, _ = xyz.shape
+    if not 0 < npoint <= N:
+        raise ValueError(f"furthest_point_sample: npoint={npoint} must be in [1, N={N}]")
+    if not 0 <= start < N:
+        raise ValueError(f"furthest_point_sample: start={start} must be in [0, N={N})")
+    xyz = xyz.detach().float()
+    out = torch.empty(B, npoint, dtype=torch.long, device=xyz.device)
+    far = torch.full((B, 1), start, dtype=torch.long, device=xyz.device)
+    out[:, :1] = far
+    if npoint == 1:
+        return out
+    with single_thread():
+        x0, x1, x2 = (c.contiguous() for c in xyz.unbind(-1))  # (B, N) each
+        dist = torch.full((B, N), 1e10, dtype=torch.float32, device=xyz.device)
+        t = torch.empty_like(dist)
+        d = torch.empty_like(dist)
+        for i in range(1, npoint):
+            # same arithmetic order as the CUDA kernel: (x - x1)^2 + (y - y1)^2 + (z - z1)^2
+            torch.sub(x0, x0.gather(1, far), out=t)
+            torch.mul(t, t, out=d)
+            torch.sub(x1, x1.gather(1, far), out=t)
+            d.addcmul_(t, t)
+            torch.sub(x2, x2.gather(1, far), out=t)
+            d.addcmul_(t, t)
+            torch.minimum(dist, d, out=dist)
+            far = dist.argmax(dim=1, keepdim=True)
+            out[:, i : i + 1] = far
+    return out
+
+
+def random_sample(xyz: Tensor, npoint: int, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform random indices with replacement, ``(B, npoint)`` int64 (OpenPoints' ``random_sample``)."""
+    B, N, _ = xyz.shape
+    return torch.randint(0, N, (B, npoint), device=xyz.device, generator=generator)
+
+
+@torch.no_grad()
+def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> Tensor:
+    """Ball query. ``support (B, N, 3)``, ``query (B, M, 3)`` -> neighbour indices ``(B, M, nsample)`` int64.
+
+    First ``nsample`` support points (in index order) with ``|q - s|^2 < radius^2``; short balls are padded with
+    their first index; empty balls are all 0 (as the CUDA op).
+    """
+    if support.dim() != 3 or query.dim() != 3 or support.shape[-1] != 3 or query.shape[-1] != 3:
+        raise ValueError(f"ball_query expects (B, N, 3) and (B, M, 3), got {tuple(support.shape)}, {tuple(query.shape)}")
+    if support.shape[0] != query.shape[0]:
+        raise ValueError("ball_query: support and query batch sizes differ")
+    if nsample < 1:
+        raise ValueError(f"ball_query: nsample={nsample} must be >= 1")
+    B, N, _ = support.shape
+    M = query.shape[1]
+    support = support.detach().float()
+    query = query.detach().float()
+    r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
+    k = min(nsample, N)
+    key_dtype = torch.int16 if N < 32767 else torch.int32
+    # descending keys N..1: the largest keys of in-ball points are the lowest indices
+    keys = torch.arange(N, 0, -1, dtype=key_dtype, device=support.device)
+    sq_s = (support * support).sum(-1)
+    sq_q = (query * query).sum(-1)
+    out = torch.empty(B, M, nsample, dtype=torch.long, device=support.device)
+    with single_thread():
+        _ball_query_chunks(support, query, sq_s, sq_q, keys, key_dtype, r2, k, nsample, out)
+    return out
+
+
+def _ball_query_chunks(support, query, sq_s, sq_q, keys, key_dtype, r2, k, nsample, out) -> None:
+    B, N, _ = support.shape
+    M = query.shape[1]
+    per_b = M * N
+    bstep = max(1, BALL_QUERY_CHUNK_ELEMS // max(per_b, 1))
+    mstep = M if bstep > 1 or per_b <= BALL_QUERY_CHUNK_ELEMS else max(1, BALL_QUERY_CHUNK_ELEMS // N)
+    for b0 in range(0, B, bstep):
+        b1 = min(B, b0 + bstep)
+        s_t = support[b0:b1].transpose(1, 2)
+        for m0 in range(0, M, mstep):
+            m1 = min(M, m0 + mstep)
+            q = query[b0:b1, m0:m1]
+            d2 = torch.baddbmm(sq_s[b0:b1].unsqueeze(1), q, s_t, alpha=-2.0)
+            d2 += sq_q[b0:b1, m0:m1].unsqueeze(-1)
+            key = (d2 < r2).to(key_dtype)
+            del d2
+            key *= keys
+            top = key.topk(k, dim=-1, largest=True, sorted=True).values.long()  # (b, m, k), 0 = not in ball
+            idx = N - top
+            first = torch.where(top[..., :1] > 0, idx[..., :1], torch.zeros_like(idx[..., :1]))
+            idx = torch.where(top > 0, idx, first)
+            out[b0:b1, m0:m1, :k] = idx
+            if k < nsample:
+                out[b0:b1, m0:m1, k:] = first
+
+
+def flat_index(idx: Tensor, n: int) -> Tensor:
+    """Per-cloud indices ``(B, ...)`` into ``[0, n)`` -> flat indices into a ``(B * n, C)`` table."""
+    B = idx.shape[0]
+    offset = torch.arange(B, device=idx.device, dtype=idx.dtype).mul_(n)
+    return idx + offset.view(B, *([1] * (idx.dim() - 1)))
+
+
+def gather_points(x: Tensor, idx: Tensor) -> Tensor:
+    """Channels-last gather: ``x (B, N, C)``, ``idx (B, M)`` -> ``(B, M, C)``. Differentiable in ``x``."""
+    B, N, C = x.shape
+    return x.reshape(B * N, C).index_select(0, flat_index(idx, N).reshape(-1)).view(*idx.shape, C)
+
+
+def group_points(x: Tensor, idx: Tensor) -> Tensor:
+    """Channels-last grouping: ``x (B, N, C)``, ``idx (B, M, K)`` -> ``(B, M, K, C)``. Differentiable in ``x``."""
+    return gather_points(x, idx)

@@ -1,0 +1,121 @@
+"""Point ops against brute-force Python references of OpenPoints' CUDA kernels."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captionless3d.models.ops import ball_query, furthest_point_sample, gather_points, group_points
+
+
+def _fps_reference(xyz: torch.Tensor, npoint: int, start: int = 0) -> list[list[int]]:
+    out = []
+    for cloud in xyz.double().tolist():
+        n = len(cloud)
+        dist = [1e10] * n
+        idx = [start]
+        far = start
+        for _ in range(1, npoint):
+            fx, fy, fz = cloud[far]
+            best, besti = -1.0, 0
+            for k, (x, y, z) in enumerate(cloud):
+                d = (x - fx) ** 2 + (y - fy) ** 2 + (z - fz) ** 2
+                dist[k] = min(dist[k], d)
+                if dist[k] > best:
+                    best, besti = dist[k], k
+            far = besti
+            idx.append(far)
+        out.append(idx)
+    return out
+
+
+def _ball_query_reference(support, query, radius, nsample) -> list:
+    r2 = radius * radius
+    out = []
+    for s_cloud, q_cloud in zip(support.double().tolist(), query.double().tolist()):
+        rows = []
+        for qx, qy, qz in q_cloud:
+            idx = [0] * nsample
+            cnt = 0
+            for k, (x, y, z) in enumerate(s_cloud):
+                if (qx - x) ** 2 + (qy - y) ** 2 + (qz - z) ** 2 < r2:
+                    if cnt == 0:
+                        idx = [k] * nsample
+                    idx[cnt] = k
+                    cnt += 1
+                    if cnt >= nsample:
+                        break
+            rows.append(idx)
+        out.append(rows)
+    return out
+
+
+def _clouds(seed: int, B: int, N: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, N, 3, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("start", [0, 5])
+def test_fps_matches_reference(start):
+    xyz = _clouds(0, 3, 60)
+    got = furthest_point_sample(xyz, 17, start=start)
+    assert got.dtype == torch.long and got.shape == (3, 17)
+    assert got.tolist() == _fps_reference(xyz, 17, start)
+
+
+def test_fps_edge_cases():
+    xyz = _clouds(1, 2, 8)
+    assert furthest_point_sample(xyz, 1).tolist() == [[0], [0]]
+    full = furthest_point_sample(xyz, 8)
+    assert sorted(full[0].tolist()) == list(range(8))  # all distinct when npoint == N
+    with pytest.raises(ValueError):
+        furthest_point_sample(xyz, 9)
+
+
+def _safe_radius(support, query, radius):
+    """Keep the test away from pairs within float rounding of the sphere boundary."""
+    d2 = torch.cdist(query.double(), support.double()) ** 2
+    assert (d2 - radius**2).abs().min() > 1e-5
+
+
+@pytest.mark.parametrize("nsample", [1, 4, 16])
+def test_ball_query_matches_reference(nsample):
+    support = _clouds(2, 3, 80)
+    query = support[:, ::3].contiguous()
+    radius = 0.45
+    _safe_radius(support, query, radius)
+    got = ball_query(support, query, radius, nsample)
+    assert got.dtype == torch.long and got.shape == (3, query.shape[1], nsample)
+    assert got.tolist() == _ball_query_reference(support, query, radius, nsample)
+
+
+def test_ball_query_empty_ball_is_zero_and_short_ball_padded():
+    support = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [1.05, 0, 0], [5, 5, 5]]])
+    query = torch.tensor([[[1.0, 0, 0], [-9, -9, -9], [5, 5, 5]]])
+    got = ball_query(support, query, 0.1, 4)
+    assert got.tolist() == [[[1, 2, 1, 1], [0, 0, 0, 0], [3, 3, 3, 3]]]
+    # nsample larger than the support set
+    got = ball_query(support, query, 100.0, 6)
+    assert got[0, 0].tolist() == [0, 1, 2, 3, 0, 0]
+
+
+def test_ball_query_chunking_is_invisible(monkeypatch):
+    import captionless3d.models.ops as ops
+
+    support = _clouds(3, 4, 70)
+    query = support[:, ::2].contiguous()
+    full = ball_query(support, query, 0.5, 8)
+    monkeypatch.setattr(ops, "BALL_QUERY_CHUNK_ELEMS", 100)  # forces chunks over the batch and the queries
+    assert torch.equal(ops.ball_query(support, query, 0.5, 8), full)
+
+
+def test_gather_and_group_values_and_grads():
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    idx = torch.tensor([[4, 0], [1, 1]])
+    g = gather_points(x, idx)
+    assert torch.equal(g[0, 0], x[0, 4]) and torch.equal(g[1, 1], x[1, 1])
+    nbr = torch.tensor([[[0, 1], [2, 2]], [[3, 4], [4, 4]]])
+    grouped = group_points(x, nbr)
+    assert grouped.shape == (2, 2, 2, 3)
+    assert torch.equal(grouped[1, 1, 0], x[1, 4])
+    grouped.sum().backward()
+    assert x.grad[1, 4].tolist() == [3.0, 3.0, 3.0]  # used three times
