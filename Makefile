@@ -14,8 +14,9 @@ test:
 train:
 	$(PY) -m captionless3d.train
 
-eval:
-	$(PY) -m captionless3d.eval
+CKPT ?= latest
+eval:  ## evaluate a checkpoint (default: the newest best.ckpt under outputs/train)
+	$(PY) -m captionless3d.eval ckpt=$(CKPT)
 
 bench:
 	$(PY) -m benchmarks.run_all

@@ -1,0 +1,522 @@
+"""The project's own small CLIP teacher, trained contrastively on the synthetic world's (image, caption) pairs.
+
+A real OpenCLIP ViT-B/32 cannot be downloaded here and runs at ~10 images/s on this CPU, so the synthetic world
+brings its own teacher: an ordinary OpenCLIP ``CLIP`` with a tiny JSON config (``synthetic-clip-tiny``), trained
+from scratch with the standard CLIP objective (symmetric InfoNCE, learnable logit scale, ``open_clip.loss.ClipLoss``).
+It is saved as an ordinary OpenCLIP checkpoint (``{"state_dict": ...}``) plus its model config JSON, and loaded back
+with exactly the call a downloaded checkpoint uses::
+
+    create_teacher("synthetic-clip-tiny", checkpoint=d / CHECKPOINT_NAME, model_config=d / "synthetic-clip-tiny.json")
+
+Training data: the caller passes, for each teacher-split object, K images (renders and "photos" concatenated along
+K) and its captions. Each step draws a batch of objects and, per object, one random image and one random caption
+(so an epoch is one pass over the *objects*). Light batched augmentation: random resized crop (scale 0.6-1, mild
+aspect jitter), horizontal flip, brightness/contrast jitter (no hue change: captions name colours). Caption
+augmentation: word dropout (half the time a caption keeps a random half of its words, in order) so that short,
+partial descriptions such as a bare category name land near the full captions, and a generic prefix ("a photo of
+...", "a 3d render of ...", "a point cloud model of ...") so the text tower also understands prompt templates. No
+label-derived text is added: zero-shot prompts are never trained on directly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from captionless3d.errors import CacheError, ConfigError, DataError
+from captionless3d.teacher.base import torch_threads
+from captionless3d.teacher.openclip import OpenCLIPTeacher, create_teacher, load_model_config, register_model_config
+from captionless3d.utils.atomic import atomic_write_json, atomic_write_with
+from captionless3d.utils.manifest import load_manifest, stable_hash, write_manifest
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "synthetic-clip-tiny"
+CHECKPOINT_NAME = "open_clip_pytorch_model.bin"
+MANIFEST_KIND = "synthetic_teacher"
+MANIFEST_VERSION = 1
+
+#: The default architecture: an ordinary ``open_clip.model.CLIP`` config whose image tower is OpenCLIP's
+#: ``ModifiedResNet`` (the CLIP-RN design: 3-conv stem, one bottleneck per stage, attention pooling) at 64x64, and
+#: a 3-layer text transformer with the real OpenCLIP BPE vocabulary. A tiny ViT (patch 8, width 128, 4 layers) was
+#: tried first: at the same training budget it reached ~33% zero-shot category accuracy where this ResNet reached
+#: ~85% (a convolutional prior matters when training from scratch on ~1k objects for a few hundred steps).
+SYNTHETIC_CLIP_TINY: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 24, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3, "mlp_ratio": 4.0},
+}
+
+#: Training defaults, chosen to fit <= 3 min on the 2-core CPU for ~1000 objects x 10 images at 64x64 (measured
+#: 19.2k images in 159 s = 120 images/s on a shared, loaded machine). Tuning on the default synthetic world (960
+#: teacher objects, 16 categories): batch 32 beat 64 at equal compute (59% vs 50% view zero-shot category), word
+#: dropout 0.5 beat none (50% vs 41%), drawing photos half the time hurt views (27%) without helping photos.
+DEFAULT_TRAIN: dict[str, Any] = {
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.1,
+    "warmup_frac": 0.05,
+    "augment": True,
+    "prefix_prob": 0.5,
+    "word_dropout": 0.5,
+    "photo_share": None,
+}
+
+CAPTION_PREFIXES = (
+    "a photo of {}",
+    "a 3d render of {}",
+    "a picture of {}",
+    "a point cloud model of {}",
+    "an image of {}",
+    "a 3d model of {}",
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> uint8 (N, size, size, 3) with antialiased bicubic, chunked to bound memory."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = []
+    for start in range(0, len(images), 1024):
+        x = images[start : start + 1024].permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out.append(x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1))
+    return torch.cat(out)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Batched random resized crop + flip + brightness/contrast on float images (B, 3, S, S) in [0, 1]."""
+    b = x.shape[0]
+    scale = torch.empty(b).uniform_(0.6, 1.0, generator=gen)  # crop area fraction
+    log_ratio = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+    ratio = torch.exp(log_ratio)
+    sx = torch.sqrt(scale * ratio).clamp(max=1.0)  # half-extent fraction of the crop along x
+    sy = torch.sqrt(scale / ratio).clamp(max=1.0)
+    tx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - sx)
+    ty = (torch.rand(b, generator=gen) * 2 - 1) * (1 - sy)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    bright = torch.empty(b, 1, 1, 1).uniform_(0.8, 1.2, generator=gen)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.8, 1.2, generator=gen)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean) * bright
+    return x.clamp_(0.0, 1.0)
+
+
+def _sample_caption(caps: Sequence[str], rng: np.random.Generator, prefix_prob: float, word_dropout: float) -> str:
+    """One random caption of an object; with probability ``word_dropout`` keep a random half of its words (in
+    order), so short, partial descriptions ("red chair", "chair wheels") map near the full ones; with probability
+    ``prefix_prob`` wrap it in a generic prefix ("a photo of ...")."""
+    caption = caps[int(rng.integers(len(caps)))]
+    if word_dropout > 0 and rng.random() < word_dropout:
+        words = caption.split()
+        keep = rng.random(len(words)) < 0.5
+        if not keep.any():
+            keep[int(rng.integers(len(words)))] = True
+        caption = " ".join(w for w, k in zip(words, keep) if k)
+    if prefix_prob > 0 and rng.random() < prefix_prob:
+        caption = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))].format(caption)
+    return caption
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or "embedding" in name or "bn" in name or "ln" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def subtype_phrase(subtype: str) -> str:
+    """``"chair/office swivel"`` -> ``"office swivel chair"`` (a noun phrase for prompts)."""
+    if "/" in subtype:
+        cat, sub = subtype.split("/", 1)
+        sub, cat = sub.strip(), cat.strip()
+        return sub if cat.lower() in sub.lower() else f"{sub} {cat}"
+    return subtype
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
+def zero_shot_accuracy(
+    teacher: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    template: str = "a photo of {}",
+    image_emb: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy in percent of nearest class prompt (``template`` filled with "a"/"an" + name)."""
+    labels = np.asarray(labels)
+    emb = image_emb if image_emb is not None else teacher.encode_images(images, batch_size=batch_size, progress=False)
+    prompts = [template.format(_article(n)) for n in class_names]
+    text = teacher.encode_texts(prompts, progress=False)
+    pred = (emb @ text.T).argmax(dim=1).numpy()
+    return float((pred == labels).mean() * 100.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------------------------
+def _normalise_hparams(*, epochs, batch_size, lr, weight_decay, warmup_frac, augment, prefix_prob, word_dropout, seed,
+                       max_steps, image_weights) -> dict[str, Any]:
+    """The canonical training hyper-parameters (what the manifest's ``config_hash`` is made of)."""
+    if image_weights is not None:
+        w = np.asarray(image_weights, dtype=np.float64)
+        image_weights = [round(float(v), 6) for v in w / w.sum()]
+    return dict(
+        epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay),
+        warmup_frac=float(warmup_frac), augment=bool(augment), prefix_prob=float(prefix_prob),
+        word_dropout=float(word_dropout), seed=int(seed), max_steps=None if max_steps is None else int(max_steps),
+        image_weights=image_weights,
+    )
+
+
+def _manifest_key(data_fingerprint: str, model_name: str, cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        "data_fingerprint": str(data_fingerprint),
+        "config_hash": stable_hash({"model_name": model_name, "model_config": dict(cfg), "train": dict(hparams)}),
+    }
+
+
+def train_synthetic_teacher(
+    images: np.ndarray,
+    captions: Sequence[Sequence[str]],
+    out_dir: str | os.PathLike,
+    *,
+    model_config: Mapping[str, Any] | str | os.PathLike | None = None,
+    model_name: str = MODEL_NAME,
+    epochs: int = DEFAULT_TRAIN["epochs"],
+    batch_size: int = DEFAULT_TRAIN["batch_size"],
+    lr: float = DEFAULT_TRAIN["lr"],
+    weight_decay: float = DEFAULT_TRAIN["weight_decay"],
+    warmup_frac: float = DEFAULT_TRAIN["warmup_frac"],
+    augment: bool = DEFAULT_TRAIN["augment"],
+    prefix_prob: float = DEFAULT_TRAIN["prefix_prob"],
+    word_dropout: float = DEFAULT_TRAIN["word_dropout"],
+    max_steps: int | None = None,
+    seed: int = 0,
+    data_fingerprint: str = "unknown",
+    progress: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    num_threads: int | None = None,
+    image_weights: Sequence[float] | None = None,
+) -> Path:
+    """Train a small CLIP on (image, caption) pairs and save it as an OpenCLIP checkpoint in ``out_dir``.
+
+    Args:
+        images: uint8 ``(M, K, H, W, 3)``: K images of each of M objects (renders and photos concatenated).
+        captions: M lists of captions (each non-empty).
+        out_dir: where ``CHECKPOINT_NAME``, ``<model_name>.json`` and ``manifest.json`` (last) are written.
+        model_config: an OpenCLIP CLIP config (dict or JSON path); default :data:`SYNTHETIC_CLIP_TINY`.
+        data_fingerprint: identifies the data (goes into the manifest key with the config/hyper-parameter hash).
+        max_steps: stop after this many optimizer steps (smoke tests); the schedule still spans ``epochs``.
+        num_threads: torch threads while training (``None``: the cores not busy now, see ``auto_threads``).
+        image_weights: K non-negative weights: how often each of an object's K images is drawn (default uniform);
+            e.g. to draw photos more often than renders.
+
+    Returns:
+        ``out_dir`` as a :class:`Path`.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[-1] != 3:
+        raise DataError(f"train_synthetic_teacher: images must be uint8 (M, K, H, W, 3), got {images.dtype} {images.shape}")
+    m, k = images.shape[:2]
+    if len(captions) != m:
+        raise DataError(f"train_synthetic_teacher: {m} objects of images but {len(captions)} caption lists")
+    empty = [i for i, c in enumerate(captions) if len(c) == 0]
+    if empty:
+        raise DataError(f"train_synthetic_teacher: objects {empty[:5]} have no captions")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(value) < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    if not lr > 0:
+        raise ConfigError(f"lr: must be > 0, got {lr}")
+    out_dir = Path(out_dir)
+    if image_weights is not None:
+        w = np.asarray(image_weights, dtype=np.float64)
+        if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
+            raise ConfigError(f"image_weights: need {k} non-negative weights with a positive sum, got {image_weights}")
+    cfg = load_model_config(model_config if model_config is not None else SYNTHETIC_CLIP_TINY)
+    register_model_config(model_name, cfg)
+    hparams = _normalise_hparams(
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac,
+        augment=augment, prefix_prob=prefix_prob, word_dropout=word_dropout, seed=seed, max_steps=max_steps,
+        image_weights=image_weights,
+    )
+    key = _manifest_key(data_fingerprint, model_name, cfg, hparams)
+
+    with torch_threads(num_threads) as threads:
+        return _train(images, cap_lists_in=captions, out_dir=out_dir, cfg=cfg, model_name=model_name, hparams=hparams,
+                      key=key, progress=progress, extra={**dict(extra or {}), "torch_threads": threads})
+
+
+def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, progress, extra) -> Path:
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    m, k = images.shape[:2]
+    epochs, batch_size, lr = hparams["epochs"], hparams["batch_size"], hparams["lr"]
+    weight_decay, warmup_frac, augment = hparams["weight_decay"], hparams["warmup_frac"], hparams["augment"]
+    prefix_prob, word_dropout, seed, max_steps = (
+        hparams["prefix_prob"], hparams["word_dropout"], hparams["seed"], hparams["max_steps"])
+    probs = np.asarray(hparams["image_weights"]) / np.sum(hparams["image_weights"]) if hparams.get("image_weights") else None
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = open_clip.create_model(model_name, pretrained=None)
+    model.train()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    size = int(cfg["vision_cfg"]["image_size"])
+    preprocess_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    mean = torch.tensor(preprocess_cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess_cfg.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1)
+
+    # --- images to one uint8 tensor (M, K, S, S, 3) once; captions are sampled and tokenised per step ------------
+    flat = _resize_uint8(torch.from_numpy(np.ascontiguousarray(images.reshape(m * k, *images.shape[2:]))), size)
+    flat = flat.view(m, k, size, size, 3)
+    cap_lists = [[str(c) for c in caps] for caps in cap_lists_in]
+
+    steps_per_epoch = max(1, math.ceil(m / batch_size))
+    total_steps = steps_per_epoch * int(epochs)
+    run_steps = total_steps if max_steps is None else min(total_steps, int(max_steps))
+    warmup = max(1, int(warmup_frac * total_steps))
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup))),
+    )
+    loss_fn = ClipLoss()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run_steps, desc="train synthetic teacher", unit="step")
+    t0 = time.perf_counter()
+    step, seen, last_loss = 0, 0, float("nan")
+    while step < run_steps:
+        for idx in np.array_split(rng.permutation(m), steps_per_epoch):
+            if step >= run_steps:
+                break
+            if len(idx) < 2:
+                continue
+            view = rng.choice(k, size=len(idx), p=probs) if probs is not None else rng.integers(0, k, size=len(idx))
+            text = tokenizer([_sample_caption(cap_lists[i], rng, prefix_prob, word_dropout) for i in idx])
+            x = flat[torch.from_numpy(idx), torch.from_numpy(view)].permute(0, 3, 1, 2).float().div_(255.0)
+            if augment:
+                x = _augment(x, gen)
+            x = (x - mean) / std
+            img_f, txt_f, scale = model(x, text)
+            loss = loss_fn(img_f, txt_f, scale)
+            if not torch.isfinite(loss):
+                from captionless3d.errors import NumericalError
+
+                raise NumericalError(f"synthetic teacher loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            seen += len(idx)
+            last_loss = float(loss.detach())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}", T=f"{float(scale):.1f}")
+    if bar is not None:
+        bar.close()
+    train_s = time.perf_counter() - t0
+    ips = seen / max(train_s, 1e-9)
+    log.info("synthetic teacher: %d steps, %d images in %.1f s (%.1f images/s), final loss %.3f", step, seen, train_s, ips, last_loss)
+
+    # --- save: checkpoint, config, manifest (last) ---------------------------------------------------------------
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave an old manifest over new payload files
+    state = {"state_dict": {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}}
+    atomic_write_with(out_dir / CHECKPOINT_NAME, lambda p: torch.save(state, p))
+    atomic_write_json(out_dir / f"{model_name}.json", cfg)
+    stats = {
+        "model_name": model_name,
+        "steps": step,
+        "images_seen": seen,
+        "train_seconds": round(train_s, 2),
+        "train_images_per_s": round(ips, 1),
+        "final_loss": last_loss,
+        "num_objects": m,
+        "images_per_object": k,
+        "train": hparams,
+        **dict(extra or {}),
+    }
+    write_manifest(
+        out_dir, kind=MANIFEST_KIND, version=MANIFEST_VERSION, key=key,
+        files=[CHECKPOINT_NAME, f"{model_name}.json"], extra=stats,
+    )
+    return out_dir
+
+
+def load_synthetic_teacher(out_dir: str | os.PathLike, *, key: Mapping[str, Any] | None = None, device: str = "cpu") -> OpenCLIPTeacher:
+    """Verify ``out_dir``'s manifest (``CacheError`` if stale/corrupt) and load the teacher via :func:`create_teacher`."""
+    out_dir = Path(out_dir)
+    manifest = load_manifest(out_dir, kind=MANIFEST_KIND, version=MANIFEST_VERSION, key=key)
+    model_name = manifest.get("extra", {}).get("model_name", MODEL_NAME)
+    return create_teacher(
+        model_name, checkpoint=out_dir / CHECKPOINT_NAME, model_config=out_dir / f"{model_name}.json", device=device
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# world -> teacher
+# ----------------------------------------------------------------------------------------------------------------
+def teacher_training_data(world: Any, split: str = "teacher") -> tuple[np.ndarray, list[list[str]]]:
+    """Images ``(M, V+K, H, W, 3)`` (views then photos) and captions of ``world``'s ``split`` objects."""
+    idx = np.asarray(world.indices(split), dtype=np.int64)
+    if len(idx) == 0:
+        raise DataError(f"{getattr(world, 'name', 'collection')}: no objects in split {split!r} to train the teacher on")
+    parts = [np.asarray(world.views[idx])]
+    photos = getattr(world, "photos", None)
+    if photos is not None and np.asarray(photos[idx[:1]]).shape[2:4] == parts[0].shape[2:4]:
+        parts.append(np.asarray(photos[idx]))
+    images = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    return images, [list(world.captions[i]) for i in idx]
+
+
+def evaluate_teacher(teacher: Any, world: Any, split: str = "test", *, template: str = "a photo of {}", max_objects: int = 2000) -> dict[str, float]:
+    """Zero-shot accuracy (percent) of ``teacher`` on one view and one photo per object of ``split``.
+
+    Reports category accuracy, sub-type accuracy among all sub-types, sub-type accuracy within the true category,
+    and the matching chance levels.
+    """
+    idx = np.asarray(world.indices(split), dtype=np.int64)[:max_objects]
+    if len(idx) == 0:
+        return {}
+    labels = np.asarray(world.labels)[idx]
+    views = np.asarray(world.views[idx])
+    v = views.shape[1]
+    view_imgs = views[np.arange(len(idx)), np.arange(len(idx)) % v]  # one view per object, varying the angle
+    out: dict[str, float] = {"objects": float(len(idx)), "chance_category": 100.0 / len(world.categories)}
+    emb = teacher.encode_images(view_imgs, progress=False)
+    out["view_category_acc"] = zero_shot_accuracy(teacher, None, labels, world.categories, template=template, image_emb=emb)
+    photo_emb = None
+    if getattr(world, "photos", None) is not None:
+        photos = np.asarray(world.photos[idx])
+        photo_imgs = photos[np.arange(len(idx)), np.arange(len(idx)) % photos.shape[1]]
+        photo_emb = teacher.encode_images(photo_imgs, progress=False)
+        out["photo_category_acc"] = zero_shot_accuracy(teacher, None, labels, world.categories, template=template, image_emb=photo_emb)
+        masks = getattr(world, "masks", None)
+        if masks is not None:
+            mk = np.asarray(masks[idx])[np.arange(len(idx)), np.arange(len(idx)) % photos.shape[1]]
+            masked_emb = teacher.encode_images(photo_imgs * mk[..., None].astype(np.uint8), progress=False)
+            out["masked_photo_category_acc"] = zero_shot_accuracy(
+                teacher, None, labels, world.categories, template=template, image_emb=masked_emb)
+    sub_ids = np.asarray(getattr(world, "subtype_ids", np.full(len(world.labels), -1)))[idx]
+    subtypes = list(getattr(world, "subtypes", []) or [])
+    if subtypes and (sub_ids >= 0).all():
+        phrases = [subtype_phrase(s) for s in subtypes]
+        text = teacher.encode_texts([template.format(_article(p)) for p in phrases], progress=False)
+        sub_cat = np.array([world.categories.index(s.split("/", 1)[0]) if "/" in s and s.split("/", 1)[0] in world.categories else -1 for s in subtypes])
+        out["chance_subtype_all"] = 100.0 / len(subtypes)
+        counts = np.array([(sub_cat == labels[i]).sum() for i in range(len(idx))])
+        out["chance_subtype_within"] = float(np.mean(100.0 / np.maximum(counts, 1)))
+        for dom, e in (("view", emb), ("photo", photo_emb)):
+            if e is None:
+                continue
+            sims = (e @ text.T).numpy()
+            out[f"{dom}_subtype_acc_all"] = float((sims.argmax(1) == sub_ids).mean() * 100)
+            masked = np.where(sub_cat[None, :] == labels[:, None], sims, -np.inf)
+            out[f"{dom}_subtype_acc_within"] = float((masked.argmax(1) == sub_ids).mean() * 100)
+    return {k_: round(v_, 2) for k_, v_ in out.items()}
+
+
+def ensure_synthetic_teacher(
+    world: Any,
+    out_root: str | os.PathLike,
+    *,
+    model_config: Mapping[str, Any] | str | os.PathLike | None = None,
+    model_name: str = MODEL_NAME,
+    split: str = "teacher",
+    eval_split: str | None = "test",
+    device: str = "cpu",
+    progress: bool = True,
+    num_threads: int | None = None,
+    **train_cfg: Any,
+) -> OpenCLIPTeacher:
+    """Load the synthetic teacher for ``world`` from ``out_root``, training it first if no matching manifest exists.
+
+    The directory is ``out_root/<model_name>-<key hash>``; a file lock makes concurrent callers train it once. The
+    manifest key holds the world's fingerprint (plus split and image domains) and the config/hyper-parameter hash.
+    After training, zero-shot accuracy on ``eval_split`` is stored in the manifest's ``extra``.
+    """
+    from filelock import FileLock
+
+    unknown = set(train_cfg) - set(DEFAULT_TRAIN) - {"seed", "max_steps"}
+    if unknown:
+        raise ConfigError(f"teacher: unknown synthetic-teacher training option(s) {sorted(unknown)}")
+    cfg = load_model_config(model_config if model_config is not None else SYNTHETIC_CLIP_TINY)
+    hparams = {**DEFAULT_TRAIN, "seed": 0, "max_steps": None, **train_cfg}
+    data_fp = stable_hash({"collection": world.fingerprint, "split": split, "images": "views+photos"})
+    n_views = int(world.views.shape[1])
+    photos = getattr(world, "photos", None)
+    n_photos = int(photos.shape[1]) if photos is not None and photos.shape[2:4] == world.views.shape[2:4] else 0
+    share = hparams.pop("photo_share")
+    weights = None
+    if share is not None and n_photos > 0:
+        if not 0.0 <= float(share) <= 1.0:
+            raise ConfigError(f"photo_share: must be in [0, 1], got {share}")
+        weights = [(1 - share) / n_views] * n_views + [share / n_photos] * n_photos
+    hparams = _normalise_hparams(**hparams, image_weights=weights)
+    key = _manifest_key(data_fp, model_name, cfg, hparams)
+    out_dir = Path(out_root) / f"{model_name}-{stable_hash(key, 12)}"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir) + ".lock"):
+        if (out_dir / "manifest.json").is_file():
+            try:
+                return load_synthetic_teacher(out_dir, key=key, device=device)
+            except CacheError as exc:
+                log.warning("synthetic teacher cache %s is unusable (%s); retraining", out_dir, exc)
+                (out_dir / "manifest.json").unlink(missing_ok=True)
+        images, captions = teacher_training_data(world, split)
+        train_synthetic_teacher(
+            images, captions, out_dir, model_config=cfg, model_name=model_name, data_fingerprint=data_fp,
+            progress=progress, num_threads=num_threads, **hparams,
+        )
+        teacher = load_synthetic_teacher(out_dir, key=key, device=device)
+        if eval_split is not None and len(world.indices(eval_split)) > 0:
+            t0 = time.perf_counter()
+            with torch_threads(num_threads):
+                metrics = evaluate_teacher(teacher, world, eval_split)
+            metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
+            manifest_path = out_dir / "manifest.json"
+            manifest = json.loads(manifest_path.read_text("utf-8"))
+            manifest.setdefault("extra", {})["zero_shot"] = metrics
+            atomic_write_json(manifest_path, manifest)  # extra is not covered by checksums or the key
+            log.info("synthetic teacher zero-shot on %s: %s", eval_split, metrics)
+        return teacher

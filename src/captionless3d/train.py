@@ -1,0 +1,106 @@
+"""Training entry point: ``python -m captionless3d.train [experiment=avg] [key=value ...]``.
+
+Runs (or reuses) the data, teacher, feature and prior stages, trains the student with Lightning, then evaluates the
+validation-selected checkpoint on the test split and writes the results table into the run directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from captionless3d.errors import Captionless3DError
+from captionless3d.hydra_utils import CONFIG_DIR, instantiate, resolve_ckpt_path
+from captionless3d.pipeline import prepare
+from captionless3d.training.module import CaptionlessModule
+from captionless3d.utils.atomic import atomic_write_json
+
+log = logging.getLogger("captionless3d.train")
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration. Returns the run summary (timings, metrics, paths)."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.run_dir)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(cfg.seed, workers=True)
+    prepared = prepare(cfg)
+
+    datamodule = instantiate(cfg.data.loader, key="data.loader").attach(prepared.collection, prepared.features.view_emb)
+    encoder = instantiate(cfg.model, key="model", embed_dim=prepared.teacher.dim)
+    loss = instantiate(cfg.loss, key="loss")
+    metadata = {
+        "teacher_id": prepared.teacher.id,
+        "teacher_dim": prepared.teacher.dim,
+        "data_fingerprint": prepared.collection.fingerprint,
+        "experiment": cfg.experiment_name,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    module = CaptionlessModule(
+        encoder,
+        loss,
+        prepared.priors,
+        lr=cfg.optim.lr,
+        min_lr=cfg.optim.min_lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        object_ids=list(prepared.collection.object_ids),
+        metadata=metadata,
+    )
+
+    callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    for callback in callbacks:
+        if hasattr(callback, "attach"):
+            callback.attach(prepared.collection, prepared.features)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    trainer: L.Trainer = instantiate(cfg.trainer, key="trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = next((c.metrics for c in callbacks if getattr(c, "metrics", None) is not None), None)
+    summary = {
+        "experiment": cfg.experiment_name,
+        "run_dir": str(run_dir),
+        "stage_seconds": prepared.timings,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        "teacher_id": prepared.teacher.id,
+        "metrics": metrics,
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / "summary.json", summary)
+        log.info("run summary: %s", json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        summary = run_training(cfg)
+    except Captionless3DError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    metrics = summary.get("metrics") or {}
+    value = metrics.get("zeroshot/top1")
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

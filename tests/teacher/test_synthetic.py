@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from captionless3d.errors import CacheError, ConfigError, DataError
+from captionless3d.teacher import synthetic as syn
+from captionless3d.teacher.openclip import create_teacher
+
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def test_short_training_run_gives_a_loadable_openclip_checkpoint(fake_collection, tmp_path):
+    images, captions = syn.teacher_training_data(fake_collection)
+    assert images.shape[1] == fake_collection.v + fake_collection.k
+    out = syn.train_synthetic_teacher(
+        images, captions, tmp_path / "t", model_config=MICRO, model_name="micro-syn", epochs=2, batch_size=4,
+        lr=1e-3, max_steps=3, data_fingerprint="fp-1", progress=False,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "synthetic_teacher"
+    assert manifest["key"]["data_fingerprint"] == "fp-1" and manifest["key"]["config_hash"]
+    assert manifest["extra"]["steps"] == 3 and manifest["extra"]["train_images_per_s"] > 0
+    # the same path a real OpenCLIP checkpoint takes
+    teacher = create_teacher("micro-syn", checkpoint=out / syn.CHECKPOINT_NAME, model_config=out / "micro-syn.json")
+    assert teacher.id.startswith("openclip:micro-syn:sha256:")
+    emb = teacher.encode_images(fake_collection.views[0])
+    assert emb.shape == (fake_collection.v, 32) and torch.isfinite(emb).all()
+    state = torch.load(out / syn.CHECKPOINT_NAME, weights_only=True)
+    assert "logit_scale" in state["state_dict"]
+    loaded = syn.load_synthetic_teacher(out, key=manifest["key"])
+    assert loaded.id == teacher.id
+    with pytest.raises(CacheError, match="data_fingerprint"):
+        syn.load_synthetic_teacher(out, key={"data_fingerprint": "another"})
+
+
+def test_training_input_validation(tmp_path):
+    imgs = np.zeros((3, 2, 32, 32, 3), np.uint8)
+    with pytest.raises(DataError, match="caption"):
+        syn.train_synthetic_teacher(imgs, [["a"], ["b"]], tmp_path, model_config=MICRO, progress=False)
+    with pytest.raises(DataError, match="uint8"):
+        syn.train_synthetic_teacher(imgs.astype(np.float32), [["a"]] * 3, tmp_path, model_config=MICRO, progress=False)
+    with pytest.raises(ConfigError, match="image_weights"):
+        syn.train_synthetic_teacher(imgs, [["a"]] * 3, tmp_path, model_config=MICRO, image_weights=[1.0], progress=False)
+    with pytest.raises(ConfigError, match="epochs"):
+        syn.train_synthetic_teacher(imgs, [["a"]] * 3, tmp_path, model_config=MICRO, epochs=0, progress=False)
+
+
+def test_ensure_trains_once_then_loads(fake_collection, tmp_path, monkeypatch):
+    cfg = dict(model_config=MICRO, model_name="micro-syn", epochs=1, batch_size=4, max_steps=2, progress=False)
+    first = syn.ensure_synthetic_teacher(fake_collection, tmp_path, **cfg)
+    dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(dirs) == 1
+    manifest = json.loads((dirs[0] / "manifest.json").read_text())
+    zs = manifest["extra"]["zero_shot"]
+    assert {"view_category_acc", "photo_category_acc", "view_subtype_acc_within", "chance_category"} <= set(zs)
+    monkeypatch.setattr(syn, "train_synthetic_teacher", lambda *a, **k: pytest.fail("retrained"))
+    second = syn.ensure_synthetic_teacher(fake_collection, tmp_path, **cfg)
+    assert second.id == first.id
+    with pytest.raises(ConfigError, match="bogus"):
+        syn.ensure_synthetic_teacher(fake_collection, tmp_path, bogus=1)
+
+
+def test_augment_and_helpers():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    y = syn._augment(x, gen)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert syn.subtype_phrase("chair/office swivel") == "office swivel chair"
+    assert syn.subtype_phrase("bottle/wine bottle") == "wine bottle"
+
+
+def test_torch_threads_restores_the_setting():
+    from captionless3d.teacher.base import auto_threads, torch_threads
+
+    before = torch.get_num_threads()
+    assert 1 <= auto_threads() <= before
+    with torch_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

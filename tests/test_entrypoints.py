@@ -1,0 +1,92 @@
+"""The real entry points (python -m captionless3d.train / .eval) in fast-dev mode on a tiny synthetic world."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data=synthetic_tiny", "teacher=synthetic_tiny", "trainer=fast_dev"]
+
+
+def _run(module: str, args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", module, *args, f"paths.cache_dir={root / 'cache'}", f"paths.output_dir={root / 'outputs'}"]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("run")
+    proc = _run("captionless3d.train", [*TINY, "experiment=avg"], root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (run_dir,) = (root / "outputs" / "train" / "runs" / "avg").iterdir()
+    return root, run_dir
+
+
+def test_train_writes_checkpoint_tensorboard_and_results(trained):
+    root, run_dir = trained
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    for name in ("results.md", "results.csv", "results.json", "summary.json", "confusion_matrix.png"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    for key in ("zeroshot/top1", "retrieval/nobg/paper/i2s_top1", "retrieval/bg/gallery/s2i_r5"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert "shuffled" in (run_dir / "results.md").read_text()
+
+
+def test_second_run_reuses_caches_and_resume_from_last(trained):
+    root, run_dir = trained
+    proc = _run("captionless3d.train", [*TINY, "experiment=avg", f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_epochs=2"], root)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    log = proc.stdout + proc.stderr
+    assert "reusing prior store" in log
+    assert "Restoring states from the checkpoint" in log or "Restored all states" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stage_seconds"]["teacher"] < 30
+
+
+def test_multirun_over_experiments(trained):
+    root, _ = trained
+    proc = _run("captionless3d.train", ["-m", *TINY, "experiment=baseline,i2i,i2l2"], root)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = sorted((root / "outputs" / "train" / "multiruns").glob("*/*/results.json"))
+    assert {p.parent.name.split("_", 1)[1] for p in results} == {"baseline", "i2i", "i2l2"}
+
+
+def test_eval_entrypoint_on_checkpoint(trained):
+    root, run_dir = trained
+    proc = _run("captionless3d.eval", [f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}"], root)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "I→S" in proc.stdout or "I->S" in proc.stdout or "Top-1" in proc.stdout
+
+
+def test_unknown_experiment_is_a_clear_error(tmp_path):
+    proc = _run("captionless3d.train", [*TINY, "experiment=nope"], tmp_path)
+    assert proc.returncode != 0
+    assert "experiment/nope" in proc.stderr and "Available options" in proc.stderr
+
+
+def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
+    args = ["data=synthetic_tiny", "teacher=openclip_checkpoint", "teacher.factory.model_name=ViT-B-32",
+            f"teacher.factory.checkpoint={tmp_path / 'missing.pt'}", "trainer=fast_dev"]
+    proc = _run("captionless3d.train", args, tmp_path)
+    assert proc.returncode == 2
+    assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_rejects_missing_and_corrupt_checkpoints(tmp_path):
+    proc = _run("captionless3d.eval", [f"ckpt={tmp_path / 'nope.ckpt'}"], tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x80\x04not a checkpoint")
+    proc = _run("captionless3d.eval", [f"ckpt={bad}"], tmp_path)
+    assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
