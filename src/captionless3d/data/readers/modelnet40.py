@@ -27,6 +27,12 @@ from captionless3d.data.safe_pickle import safe_load_pickle
 from captionless3d.errors import ConfigError, DataError
 
 FORMATS = ("dat", "h5", "auto")
+CLASSES = (  # modelnet40_shape_names.txt order (label id -> underscored name)
+    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup", "curtain",
+    "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop", "mantel", "monitor",
+    "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink", "sofa", "stairs", "stool", "table",
+    "tent", "toilet", "tv_stand", "vase", "wardrobe", "xbox",
+)
 
 
 def prompt_name(key: str) -> str:
