@@ -34,10 +34,10 @@ def test_train_writes_checkpoint_tensorboard_and_results(trained):
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("results.md", "results.csv", "results.json", "summary.json", "confusion_matrix.png"):
+    for name in ("results.md", "summary.json", "results/heldout/results.csv", "results/heldout/results.json", "results/heldout/confusion_matrix.png"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
-    metrics = summary["metrics"]
+    metrics = summary["metrics"]["heldout"]
     for key in ("zeroshot/top1", "retrieval/nobg/paper/i2s_top1", "retrieval/bg/gallery/s2i_r5"):
         assert 0.0 <= metrics[key] <= 100.0, key
     assert "shuffled" in (run_dir / "results.md").read_text()
@@ -58,8 +58,8 @@ def test_multirun_over_experiments(trained):
     root, _ = trained
     proc = _run("captionless3d.train", ["-m", *TINY, "experiment=baseline,i2i,i2l2"], root)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    results = sorted((root / "outputs" / "train" / "multiruns").glob("*/*/results.json"))
-    assert {p.parent.name.split("_", 1)[1] for p in results} == {"baseline", "i2i", "i2l2"}
+    results = sorted((root / "outputs" / "train" / "multiruns").glob("*/*/results/heldout/results.json"))
+    assert {p.parents[2].name.split("_", 1)[1] for p in results} == {"baseline", "i2i", "i2l2"}
 
 
 def test_eval_entrypoint_on_checkpoint(trained):

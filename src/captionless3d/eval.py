@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from captionless3d.errors import Captionless3DError, CheckpointError
-from captionless3d.evaluation.callbacks import run_evaluation_report
+from captionless3d.evaluation.callbacks import load_encoder_weights, run_benchmarks
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate
 from captionless3d.pipeline import prepare
 from captionless3d.training.module import CHECKPOINT_FORMAT_VERSION
@@ -51,11 +51,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint on the benchmarks of ``eval=[...]`` (default: those it was trained with)."""
     path = find_latest_checkpoint(Path(cfg.paths.output_dir)) if cfg.ckpt == "latest" else Path(cfg.ckpt)
     checkpoint = load_checkpoint(path)
     meta = checkpoint["captionless3d"]
-    train_cfg = OmegaConf.create(meta["config"])
-    prepared = prepare(train_cfg, with_priors=False)
+    run_cfg = OmegaConf.create(meta["config"])
+    if cfg.get("eval"):
+        # new benchmarks resolve their ${paths...}/${data...} references against the training config + these paths
+        run_cfg.paths = cfg.paths
+        OmegaConf.update(run_cfg, "eval", OmegaConf.to_container(cfg.eval), merge=False)
+    prepared = prepare(run_cfg, with_priors=False)
     if prepared.teacher.dim != meta["teacher_dim"]:
         raise CheckpointError(
             f"{path}: trained for a {meta['teacher_dim']}-d teacher ({meta['teacher_id']}), "
@@ -63,21 +68,13 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         )
     if prepared.teacher.id != meta["teacher_id"]:
         log.warning("teacher differs from training: %s (train) vs %s (eval)", meta["teacher_id"], prepared.teacher.id)
-    encoder = instantiate(train_cfg.model, key="model", embed_dim=meta["teacher_dim"])
-    prefix = "encoder."
-    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = encoder.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
-    runner_kwargs = {**OmegaConf.to_container(train_cfg.eval.runner), **OmegaConf.to_container(cfg.runner_overrides)}
-    return run_evaluation_report(
+    encoder = instantiate(run_cfg.model, key="model", embed_dim=meta["teacher_dim"])
+    load_encoder_weights(encoder, path)
+    return run_benchmarks(
         encoder,
-        prepared.collection,
-        prepared.features,
+        prepared.benchmarks,
         model_name=str(meta.get("experiment", path.stem)),
         output_dir=Path(cfg.paths.run_dir),
-        eval_kwargs=runner_kwargs,
-        params_m=sum(p.numel() for p in encoder.parameters()) / 1e6,
         checkpoint=str(path),
     )
 

@@ -29,7 +29,18 @@ class Prepared:
     teacher: Any
     features: Any
     priors: list[Any]
+    benchmarks: dict[str, "Benchmark"] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Benchmark:
+    """One evaluation benchmark: a collection, its teacher features and the runner settings (``eval.<name>``)."""
+
+    name: str
+    collection: Any
+    features: Any
+    runner: dict[str, Any]
 
 
 def _timed(timings: dict[str, float], name: str):
@@ -66,12 +77,12 @@ def build_features(cfg: DictConfig, collection: Any, teacher: Any) -> Any:
     from captionless3d.teacher.features import ensure_feature_store, feature_store_key
 
     landmarks = getattr(collection, "landmarks", None)
-    key = feature_store_key(collection, teacher, prompt_template=cfg.eval.prompt_template, landmarks=landmarks)
+    key = feature_store_key(collection, teacher, prompt_template=cfg.prompt_template, landmarks=landmarks)
     return ensure_feature_store(
         collection,
         teacher,
         Path(cfg.paths.cache_dir) / "features" / stable_hash(key),
-        prompt_template=cfg.eval.prompt_template,
+        prompt_template=cfg.prompt_template,
         landmarks=landmarks,
     )
 
@@ -113,14 +124,31 @@ def build_priors(cfg: DictConfig, collection: Any, features: Any) -> list[Any]:
     return stores
 
 
+def build_benchmarks(cfg: DictConfig, collection: Any, teacher: Any, features: Any) -> dict[str, Benchmark]:
+    """``eval.<name>`` entries → benchmarks; ``collection: null`` means the training collection's held-out split."""
+    benchmarks: dict[str, Benchmark] = {}
+    for name, bench_cfg in (cfg.get("eval") or {}).items():
+        if bench_cfg is None or "runner" not in bench_cfg:
+            raise ConfigError(f"eval.{name}: a benchmark needs a 'runner' section (split, n_points, protocols)")
+        if bench_cfg.get("collection") is None:
+            bench_collection, bench_features = collection, features
+        else:
+            bench_collection = instantiate(bench_cfg.collection, key=f"eval.{name}.collection", _convert_="all")
+            bench_features = build_features(cfg, bench_collection, teacher)
+        runner = OmegaConf.to_container(bench_cfg.runner, resolve=True)
+        benchmarks[name] = Benchmark(name, bench_collection, bench_features, runner)
+    return benchmarks
+
+
 def prepare(cfg: DictConfig, *, with_priors: bool = True) -> Prepared:
     """Run (or reuse) every stage up to the prior stores."""
     timings: dict[str, float] = {}
     with _timed(timings, "data"):
         collection = build_collection(cfg.data)
-    for split in ("train", "val", "test"):
-        if len(collection.indices(split)) == 0:
-            raise DataError(f"data split '{split}' of {collection.name} is empty")
+    if with_priors:  # training needs a train and a validation split; the test split is optional
+        for split in ("train", "val"):
+            if len(collection.indices(split)) == 0:
+                raise DataError(f"data split '{split}' of {collection.name} is empty: nothing to train/validate on")
     with _timed(timings, "teacher"):
         teacher = build_teacher(cfg.teacher, collection)
     with _timed(timings, "features"):
@@ -129,4 +157,6 @@ def prepare(cfg: DictConfig, *, with_priors: bool = True) -> Prepared:
     if with_priors:
         with _timed(timings, "priors"):
             priors = build_priors(cfg, collection, features)
-    return Prepared(collection, teacher, features, priors, timings)
+    with _timed(timings, "benchmarks"):
+        benchmarks = build_benchmarks(cfg, collection, teacher, features)
+    return Prepared(collection, teacher, features, priors, benchmarks, timings)

@@ -60,8 +60,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c is not None]
     for callback in callbacks:
-        if hasattr(callback, "attach"):
-            callback.attach(prepared.collection, prepared.features)
+        if hasattr(callback, "attach_benchmarks"):
+            callback.attach_benchmarks(prepared.benchmarks)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, key="trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
 
@@ -93,9 +93,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         log.error("%s: %s", type(exc).__name__, exc)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    metrics = summary.get("metrics") or {}
-    value = metrics.get("zeroshot/top1")
-    return float(value) if value is not None else None
+    # the sweep objective: zero-shot top-1 of the first benchmark that has one
+    for metrics in (summary.get("metrics") or {}).values():
+        if "zeroshot/top1" in metrics:
+            return float(metrics["zeroshot/top1"])
+    return None
 
 
 def main() -> None:
