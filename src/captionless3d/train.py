@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from captionless3d.errors import Captionless3DError
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate, resolve_ckpt_path
+from captionless3d.mining.guard import guard_priors
 from captionless3d.pipeline import prepare
 from captionless3d.training.module import CaptionlessModule
 from captionless3d.utils.atomic import atomic_write_json
@@ -36,7 +37,15 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     prepared = prepare(cfg)
 
-    datamodule = instantiate(cfg.data.loader, key="data.loader").attach(prepared.collection, prepared.features.view_emb)
+    datamodule = instantiate(cfg.data.loader, key="data.loader").attach(
+        prepared.collection, prepared.features.view_emb, priors=prepared.priors
+    )
+    priors = prepared.priors
+    guard = cfg.mining.get("guard")
+    if guard is not None:
+        threshold = guard.threshold
+        threshold = OmegaConf.to_container(threshold) if isinstance(threshold, DictConfig) else threshold
+        priors = guard_priors(priors, threshold, float(guard.get("weight", 0.25)))
     encoder = instantiate(cfg.model, key="model", embed_dim=prepared.teacher.dim)
     loss = instantiate(cfg.loss, key="loss")
     metadata = {
@@ -49,7 +58,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     module = CaptionlessModule(
         encoder,
         loss,
-        prepared.priors,
+        priors,
         lr=cfg.optim.lr,
         min_lr=cfg.optim.min_lr,
         weight_decay=cfg.optim.weight_decay,

@@ -2,15 +2,24 @@
 
 Items are fetched a whole batch at a time through ``Dataset.__getitems__`` so that subsampling, normalisation and
 rotation are vectorised over the batch (no Python loop over samples).
+
+Optional mining-aware batches (issue 4, beyond the paper): with ``sampler={group_size, hard_fraction, topk,
+drop_last}`` (config ``data.loader.sampler``, see ``configs/sampler/``) the train loader uses a
+:class:`~captionless3d.training.sampler.HardGroupBatchSampler` over neighbour lists that the module computes from
+the prior stores given to :meth:`PointViewDataModule.attach` (``priors=``) or takes ready (``neighbours=``). The
+sampler shards batches across DDP ranks itself, so the Trainer must run with ``use_distributed_sampler=False``
+(checked); the validation loader then gets its own ``DistributedSampler`` (what Lightning would have injected).
+With ``sampler=None`` (default) both loaders are exactly as before.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from captionless3d.data.pointcloud import normalize_unit_sphere, random_rotate, random_subset
 from captionless3d.errors import ConfigError, DataError
@@ -112,6 +121,7 @@ class PointViewDataModule(L.LightningDataModule):
         val_split: str = "val",
         seed: int = 0,
         pin_memory: bool = False,
+        sampler: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -127,18 +137,71 @@ class PointViewDataModule(L.LightningDataModule):
         self.val_split = val_split
         self.seed = seed
         self.pin_memory = pin_memory
+        self.sampler_config: dict[str, Any] | None = None
+        if sampler is not None:
+            from captionless3d.training.sampler import check_sampler_config
+
+            self.sampler_config = check_sampler_config(dict(sampler), batch_size)
         self.collection: PointSource | None = None
         self.view_emb: np.ndarray | None = None
+        self.neighbours: np.ndarray | None = None  # (n_train, k) dataset positions, when the sampler is on
 
-    def attach(self, collection: PointSource, view_emb: np.ndarray) -> "PointViewDataModule":
-        """Give the module its data: the collection and the ``(N, V, D)`` view embeddings of the feature store."""
+    def attach(
+        self,
+        collection: PointSource,
+        view_emb: np.ndarray,
+        *,
+        priors: Sequence[Any] | None = None,
+        neighbours: np.ndarray | None = None,
+    ) -> "PointViewDataModule":
+        """Give the module its data: the collection and the ``(N, V, D)`` view embeddings of the feature store.
+
+        For the hard-group sampler (``sampler`` set) also the mined neighbours: either ``priors`` (the prior stores;
+        the module computes each train object's ``sampler.topk`` most similar same-category train objects with
+        :func:`~captionless3d.training.sampler.neighbours_from_prior`) or ready ``neighbours`` (``(n_train, k)``
+        dataset positions into ``collection.indices(train_split)``, ``-1`` = none). Ignored when the sampler is off.
+        """
         if view_emb.shape[0] != collection.points.shape[0]:
             raise DataError(
                 f"feature store has {view_emb.shape[0]} objects but the collection has {collection.points.shape[0]}"
             )
         self.collection = collection
         self.view_emb = view_emb
+        self.neighbours = None
+        if self.sampler_config is not None:
+            n_train = len(collection.indices(self.train_split))
+            if neighbours is not None:
+                neighbours = np.asarray(neighbours, dtype=np.int64)
+                if neighbours.ndim != 2 or neighbours.shape[0] != n_train:
+                    raise DataError(
+                        f"neighbours: expected ({n_train}, k) for the '{self.train_split}' split, got {neighbours.shape}"
+                    )
+                self.neighbours = neighbours
+            elif priors:
+                from captionless3d.training.sampler import neighbours_from_prior
+
+                self.neighbours = neighbours_from_prior(
+                    priors, collection.indices(self.train_split), self.sampler_config["topk"]
+                )
         return self
+
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank): from the attached Trainer, else torch.distributed, else (1, 0)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.world_size), int(trainer.global_rank)
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    def _check_no_injected_sampler(self, world_size: int) -> None:
+        trainer = getattr(self, "trainer", None)
+        connector = getattr(trainer, "_accelerator_connector", None)  # private; absent: nothing to check
+        if world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+            raise ConfigError(
+                "data.loader.sampler is set but the Trainer would replace the batch sampler with a DistributedSampler: "
+                "set trainer.use_distributed_sampler=false (the hard-group sampler shards batches across ranks itself)"
+            )
 
     def _dataset(self, split: str, *, train: bool) -> PointViewDataset:
         if self.collection is None or self.view_emb is None:
@@ -161,6 +224,8 @@ class PointViewDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.sampler_config is not None:
+            return self._hard_group_train_dataloader()
         return DataLoader(
             self._dataset(self.train_split, train=True),
             batch_size=self.batch_size,
@@ -172,11 +237,51 @@ class PointViewDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def _hard_group_train_dataloader(self) -> DataLoader:
+        from captionless3d.training.sampler import HardGroupBatchSampler
+
+        dataset = self._dataset(self.train_split, train=True)
+        if self.neighbours is None:
+            raise ConfigError(
+                "data.loader.sampler is set but the data module has no neighbours: call "
+                "attach(collection, view_emb, priors=<prior stores>) (or neighbours=...); with mining=none there are "
+                "no priors, so use a mining config or data.loader.sampler=null"
+            )
+        world_size, rank = self._world()
+        self._check_no_injected_sampler(world_size)
+        cfg = self.sampler_config
+        batch_sampler = HardGroupBatchSampler(
+            self.neighbours,
+            self.batch_size,
+            group_size=cfg["group_size"],
+            hard_fraction=cfg["hard_fraction"],
+            drop_last=cfg["drop_last"],
+            num_replicas=world_size,
+            rank=rank,
+            seed=self.seed,
+        )
         return DataLoader(
-            self._dataset(self.val_split, train=False),
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate_batch,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.val_split, train=False)
+        sampler = None
+        if self.sampler_config is not None:
+            # use_distributed_sampler=False: shard validation ourselves, as Lightning would have
+            world_size, rank = self._world()
+            if world_size > 1:
+                sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(
+            dataset,
             batch_size=self.val_batch_size,
             shuffle=False,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_collate_batch,
             pin_memory=self.pin_memory,
