@@ -85,3 +85,17 @@ def test_torch_threads_restores_the_setting():
     with torch_threads(1) as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_background_swap_replaces_only_white_background_of_flagged_renders():
+    import torch
+
+    from captionless3d.teacher.synthetic import _swap_white_background
+
+    x = torch.ones(4, 3, 8, 8)
+    x[:, :, 2:6, 2:6] = 0.3  # the object
+    swap = torch.tensor([True, True, False, True])
+    out = _swap_white_background(x.clone(), swap, torch.Generator().manual_seed(0))
+    assert torch.equal(out[2], x[2])  # not flagged: untouched
+    assert torch.equal(out[:, :, 2:6, 2:6], x[:, :, 2:6, 2:6])  # object pixels untouched
+    assert (out[[0, 1, 3], :, 0, 0] < 0.98).all()  # background replaced

@@ -69,6 +69,9 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "prefix_prob": 0.5,
     "word_dropout": 0.5,
     "photo_share": None,
+    # probability that a drawn *render* gets its white background replaced (half black, as the "w/o background"
+    # masked photos; half a random colour gradient, as photos), so the teacher does not tie objects to white
+    "background_swap": 0.5,
 }
 
 CAPTION_PREFIXES = (
@@ -185,7 +188,7 @@ def zero_shot_accuracy(
 # training
 # ----------------------------------------------------------------------------------------------------------------
 def _normalise_hparams(*, epochs, batch_size, lr, weight_decay, warmup_frac, augment, prefix_prob, word_dropout, seed,
-                       max_steps, image_weights) -> dict[str, Any]:
+                       max_steps, image_weights, background_swap=0.0, render_views=0) -> dict[str, Any]:
     """The canonical training hyper-parameters (what the manifest's ``config_hash`` is made of)."""
     if image_weights is not None:
         w = np.asarray(image_weights, dtype=np.float64)
@@ -194,8 +197,26 @@ def _normalise_hparams(*, epochs, batch_size, lr, weight_decay, warmup_frac, aug
         epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay),
         warmup_frac=float(warmup_frac), augment=bool(augment), prefix_prob=float(prefix_prob),
         word_dropout=float(word_dropout), seed=int(seed), max_steps=None if max_steps is None else int(max_steps),
-        image_weights=image_weights,
+        image_weights=image_weights, background_swap=float(background_swap), render_views=int(render_views),
     )
+
+
+def _swap_white_background(x: torch.Tensor, swap: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Replace the near-white background of the images flagged in ``swap`` (B,) bool.
+
+    ``x``: float (B, 3, S, S) in [0, 1]. Background = pixels with every channel >= 0.98 (renders are composited on
+    white). Half of the flagged images get black (the masked-photo domain), half a random two-colour gradient.
+    """
+    if not bool(swap.any()):
+        return x
+    b, _, s, _ = x.shape
+    background = (x >= 0.98).all(dim=1, keepdim=True) & swap.view(b, 1, 1, 1)
+    ramp = torch.linspace(0, 1, s).view(1, 1, s, 1)
+    c0, c1 = torch.rand(b, 3, 1, 1, generator=gen), torch.rand(b, 3, 1, 1, generator=gen)
+    gradient = c0 + (c1 - c0) * ramp
+    black = torch.rand(b, 1, 1, 1, generator=gen) < 0.5
+    fill = torch.where(black, torch.zeros_like(gradient), gradient)
+    return torch.where(background, fill, x)
 
 
 def _manifest_key(data_fingerprint: str, model_name: str, cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, str]:
@@ -227,6 +248,8 @@ def train_synthetic_teacher(
     extra: Mapping[str, Any] | None = None,
     num_threads: int | None = None,
     image_weights: Sequence[float] | None = None,
+    background_swap: float = 0.0,
+    render_views: int = 0,
 ) -> Path:
     """Train a small CLIP on (image, caption) pairs and save it as an OpenCLIP checkpoint in ``out_dir``.
 
@@ -240,6 +263,8 @@ def train_synthetic_teacher(
         num_threads: torch threads while training (``None``: the cores not busy now, see ``auto_threads``).
         image_weights: K non-negative weights: how often each of an object's K images is drawn (default uniform);
             e.g. to draw photos more often than renders.
+        background_swap, render_views: the first ``render_views`` of the K images are white-background renders;
+            each drawn render has its background replaced with probability ``background_swap``.
 
     Returns:
         ``out_dir`` as a :class:`Path`.
@@ -268,7 +293,7 @@ def train_synthetic_teacher(
     hparams = _normalise_hparams(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac,
         augment=augment, prefix_prob=prefix_prob, word_dropout=word_dropout, seed=seed, max_steps=max_steps,
-        image_weights=image_weights,
+        image_weights=image_weights, background_swap=background_swap, render_views=render_views,
     )
     key = _manifest_key(data_fingerprint, model_name, cfg, hparams)
 
@@ -329,6 +354,10 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
             view = rng.choice(k, size=len(idx), p=probs) if probs is not None else rng.integers(0, k, size=len(idx))
             text = tokenizer([_sample_caption(cap_lists[i], rng, prefix_prob, word_dropout) for i in idx])
             x = flat[torch.from_numpy(idx), torch.from_numpy(view)].permute(0, 3, 1, 2).float().div_(255.0)
+            if hparams.get("background_swap", 0.0) > 0 and hparams.get("render_views", 0) > 0:
+                is_render = torch.from_numpy(view < hparams["render_views"])
+                swap = is_render & (torch.rand(len(idx), generator=gen) < hparams["background_swap"])
+                x = _swap_white_background(x, swap, gen)
             if augment:
                 x = _augment(x, gen)
             x = (x - mean) / std
@@ -492,7 +521,7 @@ def ensure_synthetic_teacher(
         if not 0.0 <= float(share) <= 1.0:
             raise ConfigError(f"photo_share: must be in [0, 1], got {share}")
         weights = [(1 - share) / n_views] * n_views + [share / n_photos] * n_photos
-    hparams = _normalise_hparams(**hparams, image_weights=weights)
+    hparams = _normalise_hparams(**hparams, image_weights=weights, render_views=n_views)
     key = _manifest_key(data_fp, model_name, cfg, hparams)
     out_dir = Path(out_root) / f"{model_name}-{stable_hash(key, 12)}"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
