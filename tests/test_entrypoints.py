@@ -90,3 +90,17 @@ def test_eval_rejects_missing_and_corrupt_checkpoints(tmp_path):
     bad.write_bytes(b"\x80\x04not a checkpoint")
     proc = _run("captionless3d.eval", [f"ckpt={bad}"], tmp_path)
     assert proc.returncode == 2 and "not a readable checkpoint" in proc.stderr
+
+
+def test_label_free_global_priors_train_end_to_end(trained):
+    root, _ = trained
+    proc = _run("captionless3d.train", [*TINY, "experiment=avg_global", "mining.k=8"], root)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    (summary,) = (root / "outputs" / "train" / "runs" / "avg_global").glob("*/summary.json")
+    assert "zeroshot/top1" in json.loads(summary.read_text())["metrics"]["heldout"]
+
+
+def test_bad_config_value_names_the_key(trained):
+    root, _ = trained
+    proc = _run("captionless3d.train", [*TINY, "experiment=avg_global", "mining.k=64"], root)
+    assert proc.returncode == 2 and "mining.k" in proc.stderr and "Traceback" not in proc.stderr

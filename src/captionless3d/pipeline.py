@@ -91,15 +91,29 @@ def build_priors(cfg: DictConfig, collection: Any, features: Any) -> list[Any]:
     from captionless3d.mining.store import PriorStore, resolve_options
 
     kinds = list(cfg.mining.kinds)
-    unknown = sorted(set(kinds) - {"i2i", "i2l2"})
+    unknown = sorted(set(kinds) - {"i2i", "i2l2"})  # AVG = both
     if unknown:
         raise ConfigError(f"mining.kinds has unknown entries {unknown}; known: i2i, i2l2 (AVG = [i2i, i2l2])")
     raw_options = cfg.mining.get("options")
     options = OmegaConf.to_container(raw_options, resolve=True) if raw_options is not None else {}
     delta = float(cfg.mining.delta)
     stores = []
+    scope = cfg.mining.get("scope", "category")
+    if scope not in ("category", "global"):
+        raise ConfigError(f"mining.scope must be 'category' (paper: dense per-category) or 'global' (sparse top-k), got {scope!r}")
     for kind in kinds:
         inputs = {"features": stable_hash(features.key), "data": collection.fingerprint, "member_split": "train"}
+        if scope == "global":
+            from captionless3d.mining.sparse import ensure_sparse_prior
+
+            stores.append(
+                ensure_sparse_prior(
+                    Path(cfg.paths.cache_dir) / "priors_global", kind, features.view_emb, collection.splits == "train",
+                    key=inputs, k=int(cfg.mining.k), landmark_emb=features.landmark_emb, fallback=delta,
+                    block_size=int(cfg.mining.get("block_size", 4096)), device=cfg.mining.get("device", "cpu"), **options,
+                )
+            )
+            continue
         kind_options = resolve_options(kind, **options)
         expected = PriorStore.manifest_key(kind, delta, kind_options, inputs)
         directory = Path(cfg.paths.cache_dir) / "priors" / f"{kind}-{stable_hash(expected)}"

@@ -20,6 +20,7 @@ Storage: one sorted int64 key array ``row * N + col`` (global indices) and a flo
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -32,9 +33,11 @@ from captionless3d.errors import CacheError, ConfigError, DataError
 from captionless3d.mining.priors import AGGREGATES, PROFILE_NORMS, i2l_profiles, mean_view_embedding
 from captionless3d.mining.topk import topk_similar
 from captionless3d.utils.atomic import atomic_save_npy
-from captionless3d.utils.manifest import load_manifest, write_manifest
+from captionless3d.utils.manifest import load_manifest, stable_hash, write_manifest
 
-__all__ = ["SparsePriorStore", "build_sparse_prior", "SPARSE_KINDS", "prior_from_values"]
+__all__ = ["SparsePriorStore", "build_sparse_prior", "ensure_sparse_prior", "sparse_options", "SPARSE_KINDS", "prior_from_values"]
+
+log = logging.getLogger(__name__)
 
 SPARSE_KINDS = ("i2i", "i2l2", "custom")
 MANIFEST_KIND = "sparse_prior_store"
@@ -314,6 +317,31 @@ def _mean_embeddings(view_emb: Any, members: np.ndarray, aggregate: str, chunk: 
     return torch.cat(parts, dim=0) if parts else torch.zeros(0, int(view_emb.shape[-1]))
 
 
+def sparse_options(
+    kind: str,
+    *,
+    aggregate: str = "mean_embedding",
+    symmetric: bool = True,
+    softmax_temperature: float | None = None,
+    profile_norm: str = "none",
+) -> dict[str, Any]:
+    """Validated build options of a global prior, exactly as :func:`build_sparse_prior` records them."""
+    if kind not in ("i2i", "i2l2"):
+        raise ConfigError(f"mining.kinds: sparse (global) priors support 'i2i' and 'i2l2', got {kind!r}")
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"mining.aggregate: unknown value {aggregate!r}, expected one of {AGGREGATES}")
+    options: dict[str, Any] = {"aggregate": aggregate, "symmetric": bool(symmetric)}
+    if kind == "i2l2":
+        if profile_norm not in PROFILE_NORMS:
+            raise ConfigError(f"mining.profile_norm: unknown value {profile_norm!r}, expected one of {PROFILE_NORMS}")
+        if softmax_temperature is not None:
+            if not (isinstance(softmax_temperature, (int, float)) and math.isfinite(softmax_temperature) and softmax_temperature > 0):
+                raise ConfigError(f"mining.softmax_temperature: must be a positive number or null, got {softmax_temperature!r}")
+            softmax_temperature = float(softmax_temperature)
+        options.update(softmax_temperature=softmax_temperature, profile_norm=profile_norm, metric="l2")
+    return options
+
+
 def build_sparse_prior(
     kind: str,
     view_emb: Any,
@@ -340,12 +368,7 @@ def build_sparse_prior(
 
     The options are recorded in ``store.options`` (and so in the saved manifest).
     """
-    if kind not in ("i2i", "i2l2"):
-        raise ConfigError(f"mining.kinds: sparse (global) priors support 'i2i' and 'i2l2', got {kind!r}")
-    if aggregate not in AGGREGATES:
-        raise ConfigError(f"mining.aggregate: unknown value {aggregate!r}, expected one of {AGGREGATES}")
-    if profile_norm not in PROFILE_NORMS:
-        raise ConfigError(f"mining.profile_norm: unknown value {profile_norm!r}, expected one of {PROFILE_NORMS}")
+    options = sparse_options(kind, aggregate=aggregate, symmetric=symmetric, softmax_temperature=softmax_temperature, profile_norm=profile_norm)
     if getattr(view_emb, "ndim", None) != 3:
         raise DataError(f"view_emb: expected (N, V, D), got shape {tuple(getattr(view_emb, 'shape', ()))}")
     n_all = int(view_emb.shape[0])
@@ -357,7 +380,6 @@ def build_sparse_prior(
             raise DataError(f"member_mask: expected a bool array of length {n_all}, got {mask.dtype} ({mask.size},)")
         members = np.flatnonzero(mask).astype(np.int64)
     mean = _mean_embeddings(view_emb, members, aggregate)
-    options: dict[str, Any] = {"aggregate": aggregate, "symmetric": bool(symmetric)}
     if kind == "i2i":
         metric = "cosine" if aggregate == "mean_embedding" else "ip"
         values, indices = topk_similar(mean, k, block_size=block_size, metric=metric, device=device, progress=progress)
@@ -368,8 +390,51 @@ def build_sparse_prior(
         profiles = torch.cat(
             [i2l_profiles(mean[s : s + 4096], lm, softmax_temperature, profile_norm) for s in range(0, mean.shape[0], 4096)]
         ) if mean.shape[0] else torch.zeros(0, lm.shape[0])
-        options.update({"softmax_temperature": softmax_temperature, "profile_norm": profile_norm, "metric": "l2", "num_landmarks": int(lm.shape[0])})
         values, indices = topk_similar(profiles, k, block_size=block_size, metric="l2", device=device, progress=progress)
     return SparsePriorStore.from_topk(
         values, indices, kind=kind, members=members, num_objects=n_all, fallback=fallback, symmetric=symmetric, options=options
     )
+
+
+def ensure_sparse_prior(
+    cache_root: str | os.PathLike,
+    kind: str,
+    view_emb: Any,
+    member_mask: np.ndarray | None = None,
+    *,
+    key: Mapping[str, Any],
+    k: int = 64,
+    landmark_emb: Any = None,
+    fallback: float = 0.25,
+    block_size: int = 4096,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **options: Any,
+) -> SparsePriorStore:
+    """Load the global prior from ``cache_root/<kind>-top<k>-<hash>`` if its manifest matches, else build and save it.
+
+    ``key``: the identity of the inputs (e.g. ``{"features": stable_hash(features.key), "data": fingerprint,
+    "member_split": "train"}``), recorded in the manifest with the prior settings. ``options``: ``aggregate``,
+    ``symmetric``, ``softmax_temperature``, ``profile_norm`` (see :func:`build_sparse_prior`).
+    """
+    opts = sparse_options(kind, **options)
+    fallback = _check_fallback(fallback)
+    expected = SparsePriorStore.manifest_key(kind, fallback, opts, int(k), key)
+    directory = Path(cache_root) / f"{kind}-top{int(k)}-{stable_hash(expected)}"
+    try:
+        store = SparsePriorStore.load(directory, expected_key=expected)
+        log.info("reusing global prior %s", directory)
+        return store
+    except CacheError as exc:
+        if (directory / "manifest.json").exists():
+            log.warning("rebuilding global prior: %s", exc)
+    store = build_sparse_prior(
+        kind, view_emb, member_mask, k=k, landmark_emb=landmark_emb, fallback=fallback, block_size=block_size,
+        device=device, progress=progress, **opts_without_metric(opts),
+    )
+    store.to("cpu").save(directory, key=key)
+    return store.to(device) if torch.device(device).type != "cpu" else store
+
+
+def opts_without_metric(opts: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in opts.items() if k != "metric"}

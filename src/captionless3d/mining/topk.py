@@ -48,6 +48,8 @@ TOPK_METRICS = ("cosine", "ip", "l2")
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 _LOW = (1 << 32) - 1
+_CHUNK = 16  # screening granularity (entries per chunk maximum)
+_DIRECT = 0.25  # if the hit chunks cover more than this fraction of a block, screen its entries directly
 _EMPTY = torch.iinfo(torch.int64).min  # key of an empty slot: below every real key
 
 
@@ -157,14 +159,16 @@ def _screen_rows(run: torch.Tensor, scores: torch.Tensor, col_offset: int, k: in
     thr = unpack_keys(run[:, k - 1])[0]  # (B,) k-th best score so far
     main = (c // chunk) * chunk
     if main:
-        view = scores[:, :main].reshape(b, main // chunk, chunk) if main != c else scores.view(b, c // chunk, chunk)
-        cmax = view.amax(dim=2)  # (B, C/chunk)
+        # chunk maxima (B, C/chunk); max_pool1d is much faster than amax over a short innermost dim
+        cmax = F.max_pool1d(scores[None], chunk, chunk)[0] if chunk > 1 else scores
         r, ch = (cmax >= thr[:, None]).nonzero(as_tuple=True)  # row-major: r ascending
-        if r.numel():
-            vals = view[r, ch]  # (n, chunk)
-            cols = ch[:, None] * chunk + (torch.arange(chunk, device=scores.device) + col_offset)
-            hit = vals >= thr[r][:, None]
-            _merge(run, r[:, None].expand_as(hit)[hit], pack_keys(vals[hit], cols[hit]), k)
+        if r.numel() * chunk > _DIRECT * b * main:  # many hits (early blocks): compare entries directly
+            r, cc = (scores[:, :main] >= thr[:, None]).nonzero(as_tuple=True)
+            _merge(run, r, pack_keys(scores[r, cc], cc + col_offset), k)
+        elif r.numel():
+            vals = scores[r[:, None], ch[:, None] * chunk + torch.arange(chunk, device=scores.device)]  # (n, chunk)
+            hn, hj = (vals >= thr[r][:, None]).nonzero(as_tuple=True)  # hn ascending: rows stay sorted
+            _merge(run, r[hn], pack_keys(vals[hn, hj], ch[hn] * chunk + hj + col_offset), k)
     if main != c:
         tail = scores[:, main:]
         r, cc = (tail >= thr[:, None]).nonzero(as_tuple=True)
@@ -180,11 +184,13 @@ def _screen_cols(run: torch.Tensor, scores: torch.Tensor, row_offset: int, k: in
         view = scores[:main].view(main // chunk, chunk, c)
         cmax_t = view.amax(dim=1).T  # (C, B/chunk)
         col, rch = (cmax_t >= thr[:, None]).nonzero(as_tuple=True)  # col ascending
-        if col.numel():
+        if col.numel() * chunk > _DIRECT * main * c:  # many hits (early blocks): compare entries directly
+            cc, r = (scores[:main].T >= thr[:, None]).nonzero(as_tuple=True)  # cc ascending
+            _merge(run, cc, pack_keys(scores[r, cc], r + row_offset), k)
+        elif col.numel():
             vals = view[rch, :, col]  # (n, chunk)
-            src = rch[:, None] * chunk + (torch.arange(chunk, device=scores.device) + row_offset)
-            hit = vals >= thr[col][:, None]
-            _merge(run, col[:, None].expand_as(hit)[hit], pack_keys(vals[hit], src[hit]), k)
+            hn, hj = (vals >= thr[col][:, None]).nonzero(as_tuple=True)
+            _merge(run, col[hn], pack_keys(vals[hn, hj], rch[hn] * chunk + hj + row_offset), k)
     if main != b:
         tail = scores[main:].T  # (C, b - main)
         cc, r = (tail >= thr[:, None]).nonzero(as_tuple=True)
@@ -217,7 +223,7 @@ def topk_similar(
     metric: Literal["cosine", "ip", "l2"] = "cosine",
     device: str | torch.device = "cpu",
     progress: bool = True,
-    chunk: int = 32,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k neighbours of every row of ``x (N, d)``: ``(values (N, k) float32, indices (N, k) int64)``.
 
@@ -240,7 +246,7 @@ def topk_similar(
     block_size = int(block_size)
     if block_size < 1:
         raise ConfigError(f"mining.block_size: must be >= 1, got {block_size}")
-    chunk = max(1, min(int(chunk), block_size))
+    chunk = max(1, min(int(chunk or _CHUNK), block_size))
     dev = torch.device(device)
     blocks = _Blocks(x, metric, dev)
     run = torch.full((n, k), _EMPTY, dtype=torch.int64, device=dev)
@@ -257,7 +263,7 @@ def topk_similar(
     def side(rs: int, re_: int, scores: torch.Tensor, col_off: int, rows_side: bool) -> None:
         r = run[rs:re_]
         if int(filled[rs]) < k:  # not enough columns seen yet: exact selection of the whole block
-            _full_select(r, scores if rows_side else scores.T, col_off, k)
+            _full_select(r, scores if rows_side else scores.T.contiguous(), col_off, k)
         elif rows_side:
             _screen_rows(r, scores, col_off, k, chunk)
         else:
