@@ -18,8 +18,9 @@ CKPT ?= latest
 eval:  ## evaluate a checkpoint (default: the newest best.ckpt under outputs/train)
 	$(PY) -m captionless3d.eval ckpt=$(CKPT)
 
-bench:
-	$(PY) -m benchmarks.run_all
+BENCH_ARGS ?=
+bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for small sizes)
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -19,6 +19,12 @@ pointnext_xl  [1,4,7,4,4] / [1,4,4,4,4],      1 layer; 0.1 x2      40,174,848   
 ``pointnext_b/l/xl`` use the encoder settings of OpenPoints' ``pointnext-{b,l,xl}.yaml`` (S3DIS; there is no
 classification config for them; ``radius_scaling`` is OpenPoints' default 2); their last stage keeps several points,
 which :class:`PointNextEncoder` max-pools into the global feature.
+
+``ops_backend`` (:func:`apply_ops_backend`): ``torch`` (default, pure PyTorch), ``cuda`` (compiled FPS / ball-query
+kernels of the ``pointnext`` package or OpenPoints, for CUDA tensors; :class:`ConfigError` naming the package when
+they are not importable), ``compile`` (``torch.compile`` of the per-point MLPs and the head, in place, so parameter
+names do not change; FPS, ball query and the fused grouped layers stay eager). ``pretrained`` loads a ULIP / OpenPoints
+/ captionless3d checkpoint through :func:`captionless3d.models.weights.load_pretrained`.
 """
 from __future__ import annotations
 
@@ -26,12 +32,17 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+from torch import nn
+
 from captionless3d.errors import ConfigError
 
 from .heads import PointEncoder, ProjectionHead
 from .pointnext import PointNextEncoder
 
 __all__ = [
+    "OPS_BACKENDS",
+    "apply_ops_backend",
     "register_encoder",
     "list_encoders",
     "encoder_config",
@@ -84,12 +95,71 @@ def build_point_encoder(
     head_mlps: Sequence[int] = (512, 256),
     in_channels: int = 3,
     head_dropout: float = 0.5,
+    ops_backend: str = "torch",
+    pretrained: str | None = None,
+    pretrained_head: str = "all",
     **overrides: Any,
 ) -> PointEncoder:
-    """Backbone preset ``name`` + :class:`ProjectionHead` (``head_mlps`` then ``Linear -> embed_dim``)."""
+    """Backbone preset ``name`` + :class:`ProjectionHead` (``head_mlps`` then ``Linear -> embed_dim``).
+
+    ``pretrained``: checkpoint path (ULIP / OpenPoints / captionless3d layout, detected), loaded strictly with
+    ``head=pretrained_head`` (``all`` / ``hidden`` / ``none``). ``ops_backend``: see :func:`apply_ops_backend`.
+    """
+    if ops_backend not in OPS_BACKENDS:
+        raise ConfigError(f"model.ops_backend must be one of {', '.join(OPS_BACKENDS)}; got {ops_backend!r}")
     encoder = create_encoder(name, in_channels=in_channels, **overrides)
     head = ProjectionHead(encoder.out_channels, mlps=head_mlps, out_dim=embed_dim, dropout=head_dropout)
-    return PointEncoder(encoder, head)
+    model = PointEncoder(encoder, head)
+    if pretrained:
+        from .weights import load_pretrained
+
+        load_pretrained(model, pretrained, head=pretrained_head)
+    return apply_ops_backend(model, ops_backend)
+
+
+OPS_BACKENDS = ("torch", "cuda", "compile")
+
+
+def apply_ops_backend(model: nn.Module, backend: str = "torch") -> nn.Module:
+    """Switch ``model`` (a :class:`PointEncoder` or :class:`PointNextEncoder`) to an operator backend, in place.
+
+    * ``torch``: nothing to do (pure PyTorch). CUDA kernels registered earlier stay registered (process-wide;
+      :func:`~captionless3d.models.ops.disable_cuda_ops` turns them off); their results are the same.
+    * ``cuda``: :func:`~captionless3d.models.ops.enable_cuda_ops` (process-wide: FPS / ball query on CUDA tensors use
+      the compiled kernels); :class:`ConfigError` naming the missing package, or when there is no CUDA device.
+    * ``compile``: ``nn.Module.compile()`` on the per-point MLP blocks (stem conv, InvResMLP ``pwconv``, SA skip
+      convs, the "group all" stage) and the head's MLP; state-dict names are unchanged.
+    """
+    from . import ops
+
+    if backend not in OPS_BACKENDS:
+        raise ConfigError(f"model.ops_backend must be one of {', '.join(OPS_BACKENDS)}; got {backend!r}")
+    if backend == "cuda":
+        ops.enable_cuda_ops()
+    elif backend == "compile":
+        if not hasattr(nn.Module, "compile"):
+            raise ConfigError(f"model.ops_backend='compile' needs torch >= 2.2 (nn.Module.compile); "
+                              f"this is torch {torch.__version__}")
+        for mod in _pointwise_modules(model):
+            mod.compile()
+    return model
+
+
+def _pointwise_modules(model: nn.Module) -> list[nn.Module]:
+    from .pointnext import InvResMLP, SetAbstraction
+
+    out: list[nn.Module] = []
+    for mod in model.modules():
+        if isinstance(mod, SetAbstraction):
+            if mod.is_head or mod.all_aggr:
+                out.append(mod.convs)
+            elif mod.use_res and not isinstance(mod.skipconv, nn.Identity):
+                out.append(mod.skipconv)
+        elif isinstance(mod, InvResMLP):
+            out.append(mod.pwconv)
+        elif isinstance(mod, ProjectionHead):
+            out.append(mod.head)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- presets

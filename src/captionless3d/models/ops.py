@@ -16,11 +16,16 @@ Semantics matched to ``openpoints/cpp/pointnet2_batch``:
 
 All index outputs are ``int64`` and carry no gradient. Nothing loops over the batch in Python: FPS loops over the
 samples (vectorised over the batch); ball query is chunked over the batch only to bound memory.
+
+Optional CUDA kernels (``ops_backend: cuda``): :func:`enable_cuda_ops` imports the compiled FPS / ball-query kernels of
+the ``pointnext`` package (``pip install -e ".[cuda]"``) or OpenPoints' ``pointnet2_batch_cuda`` extension; from then
+on :func:`furthest_point_sample` (with ``start=0``) and :func:`ball_query` hand CUDA tensors to them (same semantics,
+see above); CPU tensors always take the PyTorch path.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -33,6 +38,9 @@ __all__ = [
     "group_points",
     "flat_index",
     "single_thread",
+    "enable_cuda_ops",
+    "disable_cuda_ops",
+    "cuda_ops_source",
 ]
 
 #: Largest ``b * M * N`` a ball-query chunk materialises (float32 distances: 4 bytes each).
@@ -59,6 +67,91 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
+#: Compiled kernels registered by :func:`enable_cuda_ops`: ``fps(xyz, npoint)``, ``ball_query(support, query, r, k)``.
+_CUDA_OPS: dict[str, Callable] = {}
+#: Device types dispatched to :data:`_CUDA_OPS` (a module attribute so tests can exercise the dispatch on CPU).
+_CUDA_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+_cuda_source: str | None = None
+
+
+def _import_cuda_ops() -> tuple[str, dict[str, Callable]]:
+    """The first importable set of compiled CUDA point ops, or :class:`ConfigError` naming what is missing."""
+    from captionless3d.errors import ConfigError
+
+    errors = []
+    try:
+        from pointnext.ops import ball_query as pn_ball_query  # type: ignore[import-not-found]
+        from pointnext.ops import furthest_point_sample as pn_fps  # type: ignore[import-not-found]
+    except Exception as exc:  # ImportError, or an OSError from a broken compiled extension
+        errors.append(f"pointnext: {type(exc).__name__}: {exc}")
+    else:
+        return "pointnext", {
+            "fps": lambda xyz, n: pn_fps(xyz, n),
+            "ball_query": lambda s, q, r, k: pn_ball_query(s, q, r, k),
+        }
+    try:
+        import pointnet2_batch_cuda as op_cuda  # type: ignore[import-not-found]  # OpenPoints' compiled extension
+    except Exception as exc:
+        errors.append(f"pointnet2_batch_cuda (OpenPoints): {type(exc).__name__}: {exc}")
+    else:
+
+        def op_fps(xyz: Tensor, n: int) -> Tensor:
+            B, N, _ = xyz.shape
+            out = torch.empty(B, n, dtype=torch.int32, device=xyz.device)
+            temp = torch.full((B, N), 1e10, dtype=torch.float32, device=xyz.device)
+            op_cuda.furthest_point_sampling_wrapper(B, N, n, xyz, temp, out)
+            return out
+
+        def op_ball_query(support: Tensor, query: Tensor, radius: float, k: int) -> Tensor:
+            B, N, _ = support.shape
+            M = query.shape[1]
+            idx = torch.zeros(B, M, k, dtype=torch.int32, device=support.device)
+            op_cuda.ball_query_wrapper(B, N, M, radius, k, query, support, idx)
+            return idx
+
+        return "pointnet2_batch_cuda", {"fps": op_fps, "ball_query": op_ball_query}
+    raise ConfigError(
+        "model.ops_backend='cuda' needs compiled CUDA point ops: the 'pointnext' package "
+        "(pip install -e \".[cuda]\", needs nvcc) or OpenPoints' 'pointnet2_batch_cuda' extension; neither is "
+        "importable here (" + "; ".join(errors) + "). Use ops_backend='torch' (the default, pure PyTorch)."
+    )
+
+
+def enable_cuda_ops(require_device: bool = True) -> str:
+    """Register the compiled CUDA kernels (see :func:`_import_cuda_ops`); returns the package used.
+
+    Raises :class:`~captionless3d.errors.ConfigError` naming the missing package, or when ``require_device`` and no
+    CUDA device is visible.
+    """
+    from captionless3d.errors import ConfigError
+
+    source, ops = _import_cuda_ops()
+    if require_device and not torch.cuda.is_available():
+        raise ConfigError(f"model.ops_backend='cuda': {source} is importable but no CUDA device is available "
+                          "(torch.cuda.is_available() is False); use ops_backend='torch'")
+    global _cuda_source
+    _CUDA_OPS.clear()
+    _CUDA_OPS.update(ops)
+    _cuda_source = source
+    return source
+
+
+def disable_cuda_ops() -> None:
+    """Back to the PyTorch kernels on every device."""
+    global _cuda_source
+    _CUDA_OPS.clear()
+    _cuda_source = None
+
+
+def cuda_ops_source() -> str | None:
+    """Name of the package whose CUDA kernels are registered, or ``None``."""
+    return _cuda_source
+
+
+def _use_cuda_ops(t: Tensor) -> bool:
+    return bool(_CUDA_OPS) and t.device.type in _CUDA_DEVICE_TYPES
+
+
 @torch.no_grad()
 def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     """Farthest point sampling. ``xyz (B, N, 3)`` -> indices ``(B, npoint)`` int64.
@@ -74,6 +167,8 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     if not 0 <= start < N:
         raise ValueError(f"furthest_point_sample: start={start} must be in [0, N={N})")
     xyz = xyz.detach().float()
+    if start == 0 and _use_cuda_ops(xyz):
+        return _CUDA_OPS["fps"](xyz.contiguous(), npoint).long()
     out = torch.empty(B, npoint, dtype=torch.long, device=xyz.device)
     far = torch.full((B, 1), start, dtype=torch.long, device=xyz.device)
     out[:, :1] = far
@@ -121,6 +216,8 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     M = query.shape[1]
     support = support.detach().float()
     query = query.detach().float()
+    if _use_cuda_ops(support):
+        return _CUDA_OPS["ball_query"](support.contiguous(), query.contiguous(), float(radius), nsample).long()
     r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
     k = min(nsample, N)
     key_dtype = torch.int16 if N < 32767 else torch.int32
