@@ -33,7 +33,7 @@ from captionless3d.errors import CacheError, ConfigError, DataError
 from captionless3d.mining.priors import AGGREGATES, PROFILE_NORMS, i2l_profiles, mean_view_embedding
 from captionless3d.mining.topk import topk_similar
 from captionless3d.utils.atomic import atomic_save_npy
-from captionless3d.utils.manifest import load_manifest, stable_hash, write_manifest
+from captionless3d.utils.manifest import load_cache_arrays, stable_hash, write_manifest
 
 __all__ = ["SparsePriorStore", "build_sparse_prior", "ensure_sparse_prior", "sparse_options", "SPARSE_KINDS", "prior_from_values"]
 
@@ -284,17 +284,10 @@ class SparsePriorStore:
     ) -> "SparsePriorStore":
         """Load a saved store; :class:`CacheError` if the manifest is missing/stale or a file is corrupt/inconsistent."""
         directory = Path(directory)
-        manifest = load_manifest(directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, key=expected_key, verify_checksums=verify_checksums)
-        key = manifest.get("key", {})
-        missing = [f for f in _RESERVED_KEY_FIELDS if f not in key]
-        if missing:
-            raise CacheError(f"{directory}: manifest key lacks {missing}")
-        arrays = {}
-        for name in _FILES:
-            try:
-                arrays[name] = np.load(directory / name, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise CacheError(f"{directory / name}: unreadable ({type(exc).__name__}: {exc})") from exc
+        key, arrays = load_cache_arrays(
+            directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, files=_FILES, expected_key=expected_key,
+            required_key_fields=_RESERVED_KEY_FIELDS, verify_checksums=verify_checksums,
+        )
         try:
             store = cls(
                 kind=key["prior_kind"], num_objects=key["num_objects"], keys=arrays["keys.npy"], weights=arrays["weights.npy"],

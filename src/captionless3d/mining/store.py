@@ -41,7 +41,7 @@ from captionless3d.mining.priors import (
     mean_view_embedding,
 )
 from captionless3d.utils.atomic import atomic_save_npy
-from captionless3d.utils.manifest import load_manifest, write_manifest
+from captionless3d.utils.manifest import load_cache_arrays, write_manifest
 
 __all__ = ["PriorStore", "PRIOR_KINDS", "DEFAULT_DELTA"]
 
@@ -411,17 +411,10 @@ class PriorStore:
         including the reserved ``prior_kind``/``prior_options``/``delta``/``num_objects`` if given) or a file is
         missing, corrupt or inconsistent."""
         directory = Path(directory)
-        manifest = load_manifest(directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, key=expected_key, verify_checksums=verify_checksums)
-        key = manifest.get("key", {})
-        missing = [f for f in _RESERVED_KEY_FIELDS if f not in key]
-        if missing:
-            raise CacheError(f"{directory}: manifest key lacks {missing}")
-        arrays = {}
-        for name in _FILES:
-            try:
-                arrays[name] = np.load(directory / name, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise CacheError(f"{directory / name}: unreadable ({type(exc).__name__}: {exc})") from exc
+        key, arrays = load_cache_arrays(
+            directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, files=_FILES, expected_key=expected_key,
+            required_key_fields=_RESERVED_KEY_FIELDS, verify_checksums=verify_checksums,
+        )
         try:
             store = cls(
                 kind=key["prior_kind"],

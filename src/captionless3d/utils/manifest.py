@@ -103,3 +103,35 @@ def load_manifest(
 
 def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def load_cache_arrays(
+    directory: str | os.PathLike,
+    *,
+    kind: str,
+    version: int,
+    files: Iterable[str],
+    expected_key: Mapping[str, Any] | None = None,
+    required_key_fields: Iterable[str] = (),
+    verify_checksums: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify a cache directory's manifest, then read its ``.npy`` payload (no pickles).
+
+    Returns ``(manifest key, {file name: array})``. Raises :class:`CacheError` for a stale/missing manifest, a key
+    that lacks one of ``required_key_fields``, or an unreadable file (naming it).
+    """
+    import numpy as np
+
+    directory = Path(directory)
+    manifest = load_manifest(directory, kind=kind, version=version, key=expected_key, verify_checksums=verify_checksums)
+    key = manifest.get("key", {})
+    missing = [field for field in required_key_fields if field not in key]
+    if missing:
+        raise CacheError(f"{directory}: manifest key lacks {missing}")
+    arrays = {}
+    for name in files:
+        try:
+            arrays[name] = np.load(directory / name, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise CacheError(f"{directory / name}: unreadable ({type(exc).__name__}: {exc})") from exc
+    return key, arrays
