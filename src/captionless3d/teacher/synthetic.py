@@ -70,8 +70,9 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "word_dropout": 0.5,
     "photo_share": None,
     # probability that a drawn *render* gets its white background replaced (half black, as the "w/o background"
-    # masked photos; half a random colour gradient, as photos), so the teacher does not tie objects to white
-    "background_swap": 0.5,
+    # masked photos; half a random colour gradient, as photos). Off by default: at 0.5 on the default world, render
+    # zero-shot accuracy fell from 59% to 21% while masked-photo accuracy rose only from 7% to 14%.
+    "background_swap": 0.0,
 }
 
 CAPTION_PREFIXES = (
