@@ -104,3 +104,10 @@ def test_bad_config_value_names_the_key(trained):
     root, _ = trained
     proc = _run("captionless3d.train", [*TINY, "experiment=avg_global", "mining.k=64"], root)
     assert proc.returncode == 2 and "mining.k" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_data_directory_names_the_path(tmp_path):
+    args = ["data=shapenet_ulip2", "teacher=vitb32_random", "trainer=fast_dev", f"paths.data_dir={tmp_path / 'no_data'}"]
+    proc = _run("captionless3d.train", args, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert str(tmp_path / "no_data") in proc.stderr and "Traceback" not in proc.stderr
