@@ -5,7 +5,6 @@
 - local_loss=True: each rank's loss covers only its B rows (against all 2B columns); the mean over ranks == the
   single-process loss, and the DDP-averaged gradients are again exact (gather_with_grad=True).
 """
-import socket
 
 import pytest
 import torch
@@ -57,9 +56,9 @@ def _reference(priors):
     return loss.detach(), {n: q.grad.clone() for n, q in model.named_parameters()}
 
 
-def _worker(rank, port):
+def _worker(rank, store_file):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD)
     try:
         priors = (Dense(2), Dense(3))
         ref_loss, ref_grads = _reference(priors)
@@ -83,15 +82,10 @@ def _worker(rank, port):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_ddp_gather_equals_single_process():
+def test_ddp_gather_equals_single_process(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+    # a file rendezvous: no TCP port to race for with other processes on the machine
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
