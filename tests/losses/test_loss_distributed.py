@@ -87,5 +87,13 @@ def _worker(rank, store_file):
 def test_ddp_gather_equals_single_process(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    # a file rendezvous: no TCP port to race for with other processes on the machine
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
+    # A file rendezvous: no TCP port to race for with other processes on the machine. A numerical mismatch fails at
+    # once; an infrastructure failure of the process group (gloo connect/teardown) gets one more attempt, reported.
+    for attempt in range(2):
+        try:
+            mp.spawn(_worker, args=(str(tmp_path / f"rendezvous{attempt}"),), nprocs=WORLD, join=True)
+            return
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            if "AssertionError" in str(exc) or attempt == 1:
+                raise
+            print(f"DDP attempt {attempt} failed outside the checks, retrying once: {exc}")
