@@ -16,7 +16,7 @@ Best guesses (paper-method.md §12) are the defaults; the alternatives are optio
 """
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -167,3 +167,17 @@ def i2l2_prior(profiles: ArrayLike, metric: Literal["l2", "l1", "js"] = "l2") ->
     d.fill_diagonal_(0.0)
     out = 1.0 / (1.0 + d)
     return _back(out, as_np)
+
+
+def chunked_mean_view_embedding(view_emb: Any, members: np.ndarray, aggregate: str = "mean_embedding", chunk: int = 1024) -> torch.Tensor:
+    """:func:`mean_view_embedding` of ``view_emb[members]`` (``(N, V, D)`` array, memmap or tensor), reading ``chunk``
+    objects at a time so a memory-mapped store is never loaded whole. Returns float32 ``(len(members), D)``."""
+    parts = []
+    for s in range(0, members.size, chunk):
+        idx = members[s : s + chunk]
+        if isinstance(view_emb, torch.Tensor):
+            block = view_emb[torch.from_numpy(idx).to(view_emb.device)].detach().cpu().float()
+        else:
+            block = torch.from_numpy(np.asarray(view_emb[idx], dtype=np.float32))
+        parts.append(mean_view_embedding(block, aggregate))
+    return torch.cat(parts, dim=0) if parts else torch.zeros(0, int(view_emb.shape[-1]))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from captionless3d.errors import CacheError, ConfigError, DataError
-from captionless3d.mining.priors import AGGREGATES, PROFILE_NORMS, i2l_profiles, mean_view_embedding
+from captionless3d.mining.priors import AGGREGATES, PROFILE_NORMS, chunked_mean_view_embedding, i2l_profiles
 from captionless3d.mining.topk import topk_similar
 from captionless3d.utils.atomic import atomic_save_npy
 from captionless3d.utils.manifest import load_cache_arrays, stable_hash, write_manifest
@@ -298,18 +298,6 @@ class SparsePriorStore:
         return store.to(device)
 
 
-def _mean_embeddings(view_emb: Any, members: np.ndarray, aggregate: str, chunk: int = 4096) -> torch.Tensor:
-    parts = []
-    for s in range(0, members.size, chunk):
-        idx = members[s : s + chunk]
-        if isinstance(view_emb, torch.Tensor):
-            block = view_emb[torch.from_numpy(idx).to(view_emb.device)].detach().cpu().float()
-        else:
-            block = torch.from_numpy(np.asarray(view_emb[idx], dtype=np.float32))
-        parts.append(mean_view_embedding(block, aggregate))
-    return torch.cat(parts, dim=0) if parts else torch.zeros(0, int(view_emb.shape[-1]))
-
-
 def sparse_options(
     kind: str,
     *,
@@ -372,7 +360,7 @@ def build_sparse_prior(
         if mask.dtype != bool or mask.size != n_all:
             raise DataError(f"member_mask: expected a bool array of length {n_all}, got {mask.dtype} ({mask.size},)")
         members = np.flatnonzero(mask).astype(np.int64)
-    mean = _mean_embeddings(view_emb, members, aggregate)
+    mean = chunked_mean_view_embedding(view_emb, members, aggregate, chunk=4096)
     if kind == "i2i":
         metric = "cosine" if aggregate == "mean_embedding" else "ip"
         values, indices = topk_similar(mean, k, block_size=block_size, metric=metric, device=device, progress=progress)

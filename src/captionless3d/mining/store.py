@@ -35,10 +35,10 @@ from captionless3d.mining.priors import (
     AGGREGATES,
     METRICS,
     PROFILE_NORMS,
+    chunked_mean_view_embedding,
     i2i_prior,
     i2l2_prior,
     i2l_profiles,
-    mean_view_embedding,
 )
 from captionless3d.utils.atomic import atomic_save_npy
 from captionless3d.utils.manifest import load_cache_arrays, write_manifest
@@ -265,7 +265,7 @@ class PriorStore:
         matrices: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for label in np.unique(labels[mask]).tolist():
             members = np.flatnonzero(mask & (labels == label))
-            mean = _chunked_mean_embedding(view_emb, members, opts["aggregate"])
+            mean = chunked_mean_view_embedding(view_emb, members, opts["aggregate"])
             if kind == "i2i":
                 mat = i2i_prior(mean)
             else:
@@ -429,16 +429,3 @@ class PriorStore:
         except (DataError, ConfigError, TypeError, ValueError) as exc:
             raise CacheError(f"{directory}: inconsistent prior store ({exc})") from exc
         return store.to(device)
-
-
-def _chunked_mean_embedding(view_emb: Any, members: np.ndarray, aggregate: str, chunk: int = 1024) -> torch.Tensor:
-    """Mean view embeddings ``(n_c, D)`` float32 of ``view_emb[members]``, reading ``chunk`` objects at a time."""
-    parts = []
-    for s in range(0, members.size, chunk):
-        idx = members[s : s + chunk]
-        if isinstance(view_emb, torch.Tensor):
-            block = view_emb[torch.from_numpy(idx).to(view_emb.device)].detach().cpu().float()
-        else:
-            block = torch.from_numpy(np.asarray(view_emb[idx], dtype=np.float32))
-        parts.append(mean_view_embedding(block, aggregate))
-    return torch.cat(parts, dim=0)
