@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from captionless3d.data.collection import SPLITS, SplitIndexMixin
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.utils.manifest import file_sha256, stable_hash
 
 log = logging.getLogger("captionless3d.data.readers")
 
-SPLITS = ("teacher", "train", "val", "test")
 FINGERPRINT_MODES = ("stat", "content")
 
 
@@ -138,7 +138,7 @@ class LazyArray:
 # --------------------------------------------------------------------------------------------- the collection
 
 
-class ReaderCollection:
+class ReaderCollection(SplitIndexMixin):
     """A real data set as a ShapeCollection (docs/architecture.md). Built by the reader functions of this package."""
 
     def __init__(
@@ -203,14 +203,6 @@ class ReaderCollection:
     @property
     def n_bad(self) -> int:
         return len(self.bad)
-
-    def __len__(self) -> int:
-        return len(self.object_ids)
-
-    def indices(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise ConfigError(f"split: unknown split {split!r}; expected one of {SPLITS}")
-        return np.flatnonzero(self.splits == split).astype(np.int64)
 
     def __repr__(self) -> str:
         counts = {s: int((self.splits == s).sum()) for s in SPLITS if (self.splits == s).any()}

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from captionless3d.data.collection import SPLITS
 from captionless3d.data.synthetic.geometry import MeshBuilder, normalize_mesh, sample_surface
 from captionless3d.data.synthetic.render import Camera, SceneItem, orbit_camera, render_scenes, shade_faces, to_uint8
 from captionless3d.data.synthetic.shapes import CATEGORIES, Params
 from captionless3d.data.synthetic.texts import make_captions
 
-SPLITS = ("teacher", "train", "val", "test")
 NEAR_DUPLICATE_PROB = 0.3  # share of objects drawn as a jittered copy of one of a few per-sub-type prototypes
 N_PROTOTYPES = 4
 RENDER_ELEVATION = 30.0

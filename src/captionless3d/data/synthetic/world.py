@@ -19,7 +19,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from filelock import FileLock
 
-from captionless3d.data.synthetic.scene import SPLITS, make_object, render_objects, view_angles
+from captionless3d.data.collection import SPLITS, SplitIndexMixin
+from captionless3d.data.synthetic.scene import make_object, render_objects, view_angles
 from captionless3d.data.synthetic.shapes import ALL_CATEGORIES, CATEGORIES, DEFAULT_CATEGORIES
 from captionless3d.data.synthetic.texts import make_landmarks
 from captionless3d.errors import CacheError, ConfigError
@@ -255,7 +256,7 @@ def _collect(results, points, views, photos, masks, records, bar) -> None:
 # --------------------------------------------------------------------------------------------- load
 
 
-class SyntheticWorld:
+class SyntheticWorld(SplitIndexMixin):
     """A loaded world; the ShapeCollection attributes of docs/architecture.md. Arrays are read-only memory maps."""
 
     def __init__(self, path: str | os.PathLike, *, verify: bool = True) -> None:
@@ -290,14 +291,6 @@ class SyntheticWorld:
         for name in ("points", "views", "photos", "masks", "labels", "subtype_ids", "splits"):
             if len(getattr(self, name)) != n:
                 raise CacheError(f"{path / (name + '.npy')}: has {len(getattr(self, name))} rows, objects.json has {n}")
-
-    def __len__(self) -> int:
-        return len(self.object_ids)
-
-    def indices(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise ConfigError(f"split: unknown split {split!r}; expected one of {SPLITS}")
-        return np.flatnonzero(self.splits == split).astype(np.int64)
 
     def __repr__(self) -> str:
         return f"SyntheticWorld({self.path}, objects={len(self)}, categories={len(self.categories)})"
