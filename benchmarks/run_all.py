@@ -17,6 +17,9 @@ Sections (each catches its own exceptions and prints ``section N failed: ...``, 
 5. Teacher feature extraction images/s (synthetic-tiny and ViT-B-32 architectures, random weights) and the data
    module's read throughput from memmapped arrays vs the student's training throughput (target >= 5x).
 6. Exact top-k neighbours (``benchmarks/bench_topk.py``, if present).
+7. ``features``: teacher ``encode_images`` images/s and ``encode_texts`` texts/s per backend
+   (``benchmarks/bench_features.py``: the synthetic teacher, OpenCLIP ViT-B-32 at 224 px, tiny and ViT-B/32 Hugging
+   Face CLIPs) and the projected wall time for 1.6 M images at the ViT-B-32 rate. ``--sections features`` works too.
 
 The cores may be shared with other processes: the load average is printed at the start and the end.
 """
@@ -363,6 +366,18 @@ def section_topk(quick: bool) -> None:
            f"{time.perf_counter() - t0:.1f} s")
 
 
+# ------------------------------------------------------------------------------------------------------ section 7
+def section_bench_features(quick: bool) -> None:
+    from benchmarks.bench_features import run
+
+    results = run(quick=quick)
+    for name, r in results.items():
+        if name == "projection":
+            record("7 features", f"{r['images'] / 1e6:.1f} M images at the ViT-B-32 rate", f"{r['seconds'] / 3600:.1f} h")
+        else:
+            record("7 features", f"{name} images/s | texts/s", f"{r['images_per_s']:.1f} | {r['texts_per_s']:.1f}")
+
+
 SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {
     "1": ("PointNeXt-S throughput, FLOPs, memory", section_pointnext),
     "2": ("loss", section_loss),
@@ -370,7 +385,9 @@ SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {
     "4": ("synthetic world generation", section_world),
     "5": ("teacher features and data-module reads", section_features),
     "6": ("exact top-k", section_topk),
+    "7": ("features: teacher encode throughput per backend", section_bench_features),
 }
+SECTION_ALIASES = {"features": "7"}
 
 
 def main() -> None:
@@ -385,7 +402,7 @@ def main() -> None:
           f"(shared cores make every number here an upper bound on time)")
     t_all = time.perf_counter()
     failed = []
-    for key in [s.strip() for s in args.sections.split(",") if s.strip()]:
+    for key in [SECTION_ALIASES.get(s.strip(), s.strip()) for s in args.sections.split(",") if s.strip()]:
         if key not in SECTIONS:
             print(f"section {key} failed: unknown section (known: {', '.join(SECTIONS)})")
             failed.append(key)

@@ -1,4 +1,4 @@
-"""Frozen teachers (OpenCLIP and the project's own synthetic CLIP) and the cached FeatureStore of their embeddings.
+"""Frozen teachers (OpenCLIP, Hugging Face CLIP, and the project's own synthetic CLIP) and the cached FeatureStore of their embeddings.
 
 Heavy imports (torch, open_clip) happen inside the submodules; importing this package is cheap.
 """
@@ -20,6 +20,13 @@ __all__ = [
     "load_synthetic_teacher",
     "evaluate_teacher",
     "SYNTHETIC_CLIP_TINY",
+    "HFCLIPTeacher",
+    "create_hf_clip_teacher",
+    "create",
+    "TEACHER_BACKENDS",
+    "zero_shot_classifier",
+    "template_set",
+    "TEMPLATE_SETS",
 ]
 
 _WHERE = {
@@ -36,6 +43,13 @@ _WHERE = {
     "load_synthetic_teacher": "synthetic",
     "evaluate_teacher": "synthetic",
     "SYNTHETIC_CLIP_TINY": "synthetic",
+    "HFCLIPTeacher": "hf_clip",
+    "create_hf_clip_teacher": "hf_clip",
+    "create": "registry",
+    "TEACHER_BACKENDS": "registry",
+    "zero_shot_classifier": "classifier",
+    "template_set": "classifier",
+    "TEMPLATE_SETS": "classifier",
 }
 
 
