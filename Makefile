@@ -14,9 +14,10 @@ test:
 train:
 	$(PY) -m captionless3d.train
 
-CKPT ?= latest
-eval:  ## evaluate a checkpoint (default: the newest best.ckpt under outputs/train)
-	$(PY) -m captionless3d.eval ckpt=$(CKPT)
+CKPT ?= all
+BASELINES ?= [pointclip]
+eval:  ## one table, a row per model: the newest best.ckpt of every experiment + training-free baselines
+	$(PY) -m captionless3d.eval ckpt=$(CKPT) baseline=$(BASELINES)
 
 BENCH_ARGS ?=
 bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for small sizes)

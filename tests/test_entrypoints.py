@@ -69,6 +69,25 @@ def test_eval_entrypoint_on_checkpoint(trained):
     assert "I→S" in proc.stdout or "I->S" in proc.stdout or "Top-1" in proc.stdout
 
 
+def test_eval_all_experiments_one_table(trained):
+    """make eval: the newest checkpoint of every experiment + PointCLIP, one combined table per benchmark."""
+    root, _ = trained
+    if not list((root / "outputs" / "train" / "multiruns").glob("*/*_i2i/checkpoints/best.ckpt")):
+        proc = _run("captionless3d.train", ["-m", *TINY, "experiment=baseline,i2i,i2l2"], root)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    proc = _run("captionless3d.eval", ["ckpt=all", "baseline=[pointclip]"], root)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    run_dir = max((root / "outputs" / "eval" / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    table = json.loads((run_dir / "results" / "heldout" / "results.json").read_text())
+    names = [row["name"] for row in table["rows"]]
+    assert {"avg", "baseline", "i2i", "i2l2", "pointclip"} <= set(names) and len(names) == len(set(names))
+    assert all("zeroshot/top1" in row["metrics"] for row in table["rows"])
+    assert "validation" in table["protocol"]
+    for name in names:
+        assert (run_dir / "models" / name / "results" / "heldout" / "results.json").is_file()
+    assert "i2l2" in proc.stdout and "baseline" in proc.stdout
+
+
 def test_unknown_experiment_is_a_clear_error(tmp_path):
     proc = _run("captionless3d.train", [*TINY, "experiment=nope"], tmp_path)
     assert proc.returncode != 0

@@ -1,30 +1,42 @@
-"""Evaluation entry point: ``python -m captionless3d.eval ckpt=<path|latest>`` (``make eval``).
+"""Evaluation entry point: ``python -m captionless3d.eval ckpt=<path|latest|all|[p1,p2]> [baseline=[pointclip]]``.
 
-Loads a training checkpoint safely (``weights_only=True``), checks its format version and teacher, rebuilds or reuses
-the data/teacher/feature stages its own config names, and writes the results table into the eval run directory.
+``make eval`` evaluates the newest validation-selected checkpoint of every experiment (``ckpt=all``) plus the
+training-free PointCLIP baseline, and prints one paper-style table per benchmark with a row per model.
+
+Each checkpoint is loaded safely (``weights_only=True``); its format version and teacher are checked; the data,
+teacher and feature stages its own config names are rebuilt or reused from the caches. Per-model results go to
+``<run_dir>/models/<model>/``; the combined tables to ``<run_dir>/results/<benchmark>/results.{md,csv,json}`` and
+``<run_dir>/results.md``.
 """
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from captionless3d.errors import Captionless3DError, CheckpointError
+from captionless3d.errors import Captionless3DError, CheckpointError, ConfigError
 from captionless3d.evaluation.callbacks import load_encoder_weights, run_benchmarks
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate
-from captionless3d.pipeline import prepare
+from captionless3d.pipeline import Prepared, prepare
 from captionless3d.training.module import CHECKPOINT_FORMAT_VERSION
+from captionless3d.utils.atomic import atomic_write_bytes
 
 log = logging.getLogger("captionless3d.eval")
 
 
+def _best_checkpoints(output_dir: Path) -> list[Path]:
+    """Every ``checkpoints/best*.ckpt`` under ``<output_dir>/train``, oldest first."""
+    return sorted((output_dir / "train").glob("**/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
 def find_latest_checkpoint(output_dir: Path) -> Path:
-    candidates = sorted((output_dir / "train").glob("**/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    candidates = _best_checkpoints(output_dir)
     if not candidates:
         raise CheckpointError(f"ckpt=latest: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
     return candidates[-1]
@@ -50,16 +62,64 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate a checkpoint on the benchmarks of ``eval=[...]`` (default: those it was trained with)."""
-    path = find_latest_checkpoint(Path(cfg.paths.output_dir)) if cfg.ckpt == "latest" else Path(cfg.ckpt)
-    checkpoint = load_checkpoint(path)
-    meta = checkpoint["captionless3d"]
-    run_cfg = OmegaConf.create(meta["config"])
+def newest_per_experiment(output_dir: Path) -> list[Path]:
+    """``ckpt=all``: the newest best checkpoint of each experiment, restricted to the teacher and data of the newest
+    checkpoint overall (rows trained against another teacher or data set are not comparable; they are logged)."""
+    candidates = _best_checkpoints(output_dir)
+    if not candidates:
+        raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
+    reference: tuple[str, str] | None = None
+    chosen: dict[str, Path] = {}
+    for path in reversed(candidates):  # newest first
+        meta = load_checkpoint(path)["captionless3d"]
+        identity = (str(meta.get("teacher_id")), str(meta.get("data_fingerprint")))
+        reference = reference or identity
+        if identity != reference:
+            log.info("ckpt=all: skipping %s (teacher/data %s differ from the newest checkpoint's %s)", path, identity, reference)
+            continue
+        chosen.setdefault(str(meta.get("experiment", path.stem)), path)
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def select_checkpoints(spec: Any, output_dir: Path) -> list[Path]:
+    """``ckpt``: a path, ``latest``, ``all``, or a list of paths; ``null``/``none`` for baselines only."""
+    if spec is None or str(spec).lower() in ("none", "null", ""):
+        return []
+    if isinstance(spec, (list, tuple, ListConfig)):
+        return [p for item in spec for p in select_checkpoints(item, output_dir)]
+    if spec == "latest":
+        return [find_latest_checkpoint(output_dir)]
+    if spec == "all":
+        return newest_per_experiment(output_dir)
+    return [Path(str(spec))]
+
+
+@dataclass
+class ModelResult:
+    name: str
+    metrics: dict[str, dict[str, Any]]  # benchmark -> metric key -> value (percent)
+    params_m: float
+    notes: str
+
+
+def _run_config(cfg: DictConfig, checkpoint_config: dict[str, Any]) -> DictConfig:
+    run_cfg = OmegaConf.create(checkpoint_config)
     if cfg.get("eval"):
         # new benchmarks resolve their ${paths...}/${data...} references against the training config + these paths
         run_cfg.paths = cfg.paths
         OmegaConf.update(run_cfg, "eval", OmegaConf.to_container(cfg.eval), merge=False)
+    return run_cfg
+
+
+def _unique_name(name: str, taken: Sequence[str], path: Path) -> str:
+    return name if name not in taken else f"{name} ({path.parents[1].name})"
+
+
+def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str]) -> tuple[ModelResult, Prepared]:
+    """Evaluate one training checkpoint on its benchmarks; the row is named after its experiment."""
+    meta = load_checkpoint(path)["captionless3d"]
+    name = _unique_name(str(meta.get("experiment", path.stem)), taken, path)
+    run_cfg = _run_config(cfg, meta["config"])
     prepared = prepare(run_cfg, with_priors=False)
     if prepared.teacher.dim != meta["teacher_dim"]:
         raise CheckpointError(
@@ -70,13 +130,60 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         log.warning("teacher differs from training: %s (train) vs %s (eval)", meta["teacher_id"], prepared.teacher.id)
     encoder = instantiate(run_cfg.model, key="model", embed_dim=meta["teacher_dim"])
     load_encoder_weights(encoder, path)
-    return run_benchmarks(
-        encoder,
-        prepared.benchmarks,
-        model_name=str(meta.get("experiment", path.stem)),
-        output_dir=Path(cfg.paths.run_dir),
-        checkpoint=str(path),
+    metrics = run_benchmarks(
+        encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name, checkpoint=str(path)
     )
+    params_m = sum(p.numel() for p in encoder.parameters()) / 1e6
+    return ModelResult(name, metrics, params_m, f"checkpoint {path}"), prepared
+
+
+def evaluate_baseline(cfg: DictConfig, name: str, prepared: Prepared) -> ModelResult:
+    """A training-free baseline (``configs/baseline/<name>.yaml``) built around the reference checkpoint's teacher."""
+    encoder = instantiate(cfg.baseline[name], key=f"baseline.{name}", teacher=prepared.teacher)
+    metrics = run_benchmarks(encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name)
+    params_m = sum(p.numel() for p in encoder.parameters() if p.requires_grad) / 1e6
+    return ModelResult(name, metrics, params_m, f"training-free, teacher {prepared.teacher.id}")
+
+
+def write_combined_tables(results: Sequence[ModelResult], output_dir: Path) -> str:
+    """One table per benchmark with a row per model; returns (and writes) the Markdown of all of them."""
+    from captionless3d.evaluation.report import ResultsTable
+    from captionless3d.evaluation.runner import PROTOCOL
+
+    benchmarks = list(dict.fromkeys(b for r in results for b in r.metrics))
+    sections = []
+    for bench in benchmarks:
+        table = ResultsTable(protocol=PROTOCOL, title=f"{bench}: all models")
+        for result in results:
+            if bench in result.metrics:
+                table.add(result.name, result.metrics[bench], params_m=result.params_m, notes=result.notes)
+        table.save(output_dir / "results" / bench)
+        sections.append(table.to_markdown())
+    text = "\n\n".join(sections)
+    atomic_write_bytes(output_dir / "results.md", text.encode("utf-8"))
+    return text
+
+
+def run_eval(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    """Evaluate the checkpoints of ``ckpt`` and the baselines of ``baseline=[...]`` on the benchmarks of ``eval=[...]``
+    (default: those each checkpoint was trained with). Returns ``{model: {benchmark: metrics}}``."""
+    output_dir = Path(cfg.paths.output_dir)
+    paths = select_checkpoints(cfg.get("ckpt"), output_dir)
+    baselines = list((cfg.get("baseline") or {}).keys())
+    if not paths:
+        raise ConfigError("ckpt: no checkpoint selected; baselines need a checkpoint's data and teacher config (ckpt=<path>|latest|all)")
+    results: list[ModelResult] = []
+    reference: Prepared | None = None
+    for path in paths:
+        result, prepared = evaluate_checkpoint(cfg, path, [r.name for r in results])
+        results.append(result)
+        reference = reference or prepared
+    for name in baselines:
+        results.append(evaluate_baseline(cfg, name, reference))
+    combined = write_combined_tables(results, Path(cfg.paths.run_dir))
+    if len(results) > 1:  # a single model's table was already printed by run_benchmarks
+        print(combined, flush=True)
+    return {r.name: r.metrics for r in results}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
