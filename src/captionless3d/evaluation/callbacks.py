@@ -29,6 +29,10 @@ class TestSetEvaluation(L.Callback):
     """After ``fit``: load the best checkpoint (by the ModelCheckpoint monitor, i.e. ``val/loss``), evaluate it on
     every attached benchmark, log ``test/<benchmark>/...`` scalars and write the results tables into ``output_dir``.
     Runs on global rank 0 only. Benchmarks come from the pipeline (``attach_benchmarks``).
+
+    Artefacts (:func:`run_benchmarks`): the embedding projector, retrieval example grids and the confusion matrix go to
+    the trainer's TensorBoard logger (or ``<output_dir>/tensorboard`` without one), and as PNG files next to the
+    results.
     """
 
     def __init__(self, *, output_dir: str, model_name: str) -> None:
@@ -65,6 +69,23 @@ class TestSetEvaluation(L.Callback):
         )
 
 
+def _selection_notes(selection: Mapping[str, Any]) -> str:
+    """One line on what the linear probe / fine-tune chose on the validation split."""
+    parts = []
+    probe = selection.get("linear_probe")
+    if probe:
+        l2 = probe["l2"]
+        parts.append(f"linear probe: L2 weight {float(l2):g} chosen on val (val top-1 {probe['val_top1'][str(l2)]:.1f} %)")
+    tuned = selection.get("finetune")
+    if tuned:
+        epoch = int(tuned["epoch"])
+        parts.append(
+            f"fine-tune ({tuned['features']} features): epoch {epoch}/{tuned['epochs']} chosen on val "
+            f"(val top-1 {tuned['val_top1'][epoch - 1]:.1f} %)"
+        )
+    return "; ".join(parts)
+
+
 def run_benchmarks(
     encoder: torch.nn.Module,
     benchmarks: Mapping[str, Any],
@@ -75,39 +96,79 @@ def run_benchmarks(
     checkpoint: str | None = None,
     loggers: Any = (),
     step: int = 0,
+    tensorboard_dir: str | Path | None = "auto",
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``encoder`` on each benchmark; print the paper-style tables; write ``results/<benchmark>/results.*``,
-    the confusion-matrix PNGs, and a combined ``results.md``; log ``test/<benchmark>/<metric>`` scalars."""
-    from captionless3d.evaluation.report import ResultsTable
-    from captionless3d.evaluation.runner import PROTOCOL, evaluate_encoder
-    from captionless3d.evaluation.zeroshot import save_confusion_png
-    from captionless3d.utils.atomic import atomic_write_bytes
+    """Evaluate ``encoder`` on each benchmark; print the paper-style tables; write ``results/<benchmark>/results.*``
+    (each stating its protocol, including that the checkpoint was selected on val), ``selection.json`` (what the
+    linear probe / fine-tune chose on val), the confusion-matrix and retrieval-example PNGs, and a combined
+    ``results.md``; log ``test/<benchmark>/<metric>`` scalars.
 
+    TensorBoard artefacts (projector, retrieval examples, confusion matrix) go to the first TensorBoard logger in
+    ``loggers``; without one to a writer in ``tensorboard_dir`` (``"auto"``: ``<output_dir>/tensorboard``; ``None``:
+    no TensorBoard). A benchmark's ``runner.artefacts`` options (:data:`.artefacts.ARTEFACT_DEFAULTS`) tune or
+    disable them.
+    """
+    from captionless3d.evaluation.artefacts import check_artefact_options, tensorboard_writer, write_benchmark_artefacts
+    from captionless3d.evaluation.report import ResultsTable
+    from captionless3d.evaluation.runner import KNOWN_PROTOCOLS, describe_protocol, evaluate_encoder
+    from captionless3d.evaluation.zeroshot import save_confusion_png
+    from captionless3d.utils.atomic import atomic_write_bytes, atomic_write_json
+
+    output_dir = Path(output_dir)
     params_m = sum(p.numel() for p in encoder.parameters()) / 1e6
     all_metrics: dict[str, dict[str, Any]] = {}
     sections = []
-    for name, bench in benchmarks.items():
-        if len(bench.collection.indices(bench.runner.get("split", "test"))) == 0:
-            log.info("benchmark %s: collection %s has no '%s' split; skipped", name, bench.collection.name, bench.runner.get("split", "test"))
-            continue
-        metrics = evaluate_encoder(encoder, bench.collection, bench.features, device=device, **bench.runner)
-        confusion = metrics.pop("_confusion_matrix", None)
-        chance = metrics.pop("_chance", {})
-        bench_dir = output_dir / "results" / name
-        bench_dir.mkdir(parents=True, exist_ok=True)
-        if confusion is not None:
-            save_confusion_png(confusion, list(bench.collection.categories), bench_dir / "confusion_matrix.png")
-        protocol = f"{PROTOCOL} runner: {bench.runner}. chance levels: {chance}. checkpoint: {checkpoint}"
-        table = ResultsTable(protocol=protocol, title=f"{name} ({bench.collection.name})")
-        table.add(model_name, metrics, params_m=params_m)
-        table.save(bench_dir)
-        markdown = table.to_markdown()
-        print(markdown, flush=True)
-        sections.append(markdown)
-        for logger in loggers or ():
-            if hasattr(logger, "log_metrics"):
-                logger.log_metrics({f"test/{name}/{k}": float(v) for k, v in metrics.items()}, step=step)
-        all_metrics[name] = metrics
+    fallback = (output_dir / "tensorboard") if tensorboard_dir == "auto" else tensorboard_dir
+    writer, owned, writer_checked = None, False, False
+    try:
+        for name, bench in benchmarks.items():
+            runner = dict(bench.runner)
+            artefacts = check_artefact_options(runner.pop("artefacts", None), f"eval.{name}.runner.artefacts")
+            split = runner.get("split", "test")
+            if len(bench.collection.indices(split)) == 0:
+                log.info("benchmark %s: collection %s has no '%s' split; skipped", name, bench.collection.name, split)
+                continue
+            metrics = evaluate_encoder(
+                encoder, bench.collection, bench.features, device=device, return_embeddings=artefacts["enabled"], **runner
+            )
+            confusion = metrics.pop("_confusion_matrix", None)
+            chance = metrics.pop("_chance", {})
+            selection = metrics.pop("_selection", {})
+            embeddings = metrics.pop("_embeddings", None)
+            for key in [k for k in metrics if k.startswith("_")]:
+                metrics.pop(key)
+            bench_dir = output_dir / "results" / name
+            bench_dir.mkdir(parents=True, exist_ok=True)
+            confusion_png = None
+            if confusion is not None:
+                confusion_png = save_confusion_png(confusion, list(bench.collection.categories), bench_dir / "confusion_matrix.png")
+            if selection:
+                atomic_write_json(bench_dir / "selection.json", selection)
+            protocols = runner.get("protocols", ("zeroshot", "retrieval"))
+            protocol = (
+                f"{describe_protocol([p for p in KNOWN_PROTOCOLS if p in protocols])} runner: {bench.runner}. "
+                f"chance levels: {chance}. checkpoint: {checkpoint}"
+            )
+            table = ResultsTable(protocol=protocol, title=f"{name} ({bench.collection.name})")
+            table.add(model_name, metrics, params_m=params_m, notes=_selection_notes(selection))
+            table.save(bench_dir)
+            markdown = table.to_markdown()
+            print(markdown, flush=True)
+            sections.append(markdown)
+            if artefacts["enabled"] and not writer_checked:  # open (or find) the writer once, when first needed
+                writer, owned = tensorboard_writer(loggers, fallback)
+                writer_checked = True
+            write_benchmark_artefacts(
+                bench_dir, name, bench.collection, embeddings, writer=writer, step=step, options=artefacts,
+                confusion_png=confusion_png,
+            )
+            for logger in loggers or ():
+                if hasattr(logger, "log_metrics"):
+                    logger.log_metrics({f"test/{name}/{k}": float(v) for k, v in metrics.items()}, step=step)
+            all_metrics[name] = metrics
+    finally:
+        if owned and writer is not None:
+            writer.close()
     if sections:
         atomic_write_bytes(output_dir / "results.md", "\n\n".join(sections).encode("utf-8"))
     return all_metrics

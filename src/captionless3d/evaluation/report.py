@@ -9,12 +9,15 @@ Metric key convention (flat ``dict[str, float]``, values in percent; every produ
 ``retrieval/{nobg|bg}/gallery/{i2s|s2i}_r{k}``     full gallery of unique shapes, recall@k (k = 1, 5, 10)
 ``retrieval/{nobg|bg}/gallery/{i2s|s2i}_map``      full gallery, mean average precision
 ``retrieval/{nobg|bg}/gallery_samecat/...``        full gallery, each query ranks only its own category
+``linear_probe/{top1|class_mean_top1}``            linear probe on frozen embeddings (L2 weight chosen on val)
+``finetune/{top1|class_mean_top1}``                full fine-tune + linear head (epoch chosen on val)
 =================================================  ==============================================================
 
 ``nobg`` = "w/o background" (photo x mask on black), ``bg`` = "w/ background" (original photo); ``i2s`` = image->shape,
 ``s2i`` = shape->image. A zero-shot variant other than the default prompt set may use another prefix, e.g.
-``zeroshot_64tpl/top1`` (:func:`zeroshot_keys` ``prefix=``). :func:`zeroshot_keys`, :func:`paper_keys` and
-:func:`gallery_keys` turn the dicts returned by the evaluation functions into these keys.
+``zeroshot_64tpl/top1`` (:func:`zeroshot_keys` ``prefix=``). :func:`zeroshot_keys`, :func:`paper_keys`,
+:func:`gallery_keys` and :func:`classification_keys` (linear probe / fine-tune) turn the dicts returned by the
+evaluation functions into these keys.
 
 :class:`ResultsTable` holds one row per model (name, #params in M, metrics, notes, optional std over seeds) and a
 protocol statement that is written into every output file. :func:`mean_std_table` merges several runs (seeds) per
@@ -40,6 +43,7 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "ResultRow",
     "ResultsTable",
+    "classification_keys",
     "gallery_keys",
     "mean_std_table",
     "paper_keys",
@@ -53,6 +57,9 @@ DEFAULT_PROTOCOL = (
     "Retrieval, full gallery (ours): every image ranks all unique shapes (and every shape all images); any item of "
     "the right shape counts as a hit; recall@k and mAP; 'same-cat' ranks only the query's own category. "
     "Zero-shot: overall top-1/top-5 accuracy over test samples, cosine to L2-normalised prompt embeddings. "
+    "Linear probe: logistic regression on frozen, train-standardised embeddings, L2 weight chosen on val; "
+    "fine-tune: encoder copy + linear head trained on train, epoch chosen on val; both report test top-1 and "
+    "class-mean top-1 (mAcc). "
     "w/o bg = photo multiplied by its mask (black background); w/ bg = original photo. "
     "Checkpoint selected on the validation split (never on test). All numbers in percent."
 )
@@ -85,6 +92,10 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("retrieval/bg/gallery/s2i_map", "gallery w/ bg S→I", "mAP"),
     ("retrieval/nobg/gallery_samecat/i2s_r1", "same-cat w/o bg I→S", "R@1"),
     ("retrieval/bg/gallery_samecat/i2s_r1", "same-cat w/ bg I→S", "R@1"),
+    ("linear_probe/top1", "linear probe", "Top-1"),
+    ("linear_probe/class_mean_top1", "linear probe", "mAcc"),
+    ("finetune/top1", "fine-tune", "Top-1"),
+    ("finetune/class_mean_top1", "fine-tune", "mAcc"),
 )
 
 
@@ -100,6 +111,13 @@ def _floats(result: Mapping[str, Any], names: Iterable[str]) -> dict[str, float]
 def zeroshot_keys(result: Mapping[str, Any], *, prefix: str = "zeroshot") -> dict[str, float]:
     """``zero_shot_metrics`` output -> ``{prefix}/top1``, ``{prefix}/top5``, ``{prefix}/class_mean_top1``."""
     return {f"{prefix}/{k}": v for k, v in _floats(result, ("top1", "top5", "class_mean_top1")).items()}
+
+
+def classification_keys(result: Mapping[str, Any], prefix: Literal["linear_probe", "finetune"] | str) -> dict[str, float]:
+    """``linear_probe`` / ``finetune_encoder`` output -> ``{prefix}/top1``, ``{prefix}/class_mean_top1``."""
+    if not prefix or "/" in prefix:
+        raise DataError(f"classification_keys: prefix must be a non-empty name without '/', got {prefix!r}")
+    return {f"{prefix}/{k}": v for k, v in _floats(result, ("top1", "class_mean_top1")).items()}
 
 
 def paper_keys(result: Mapping[str, Any], background: Background) -> dict[str, float]:
@@ -268,7 +286,7 @@ class ResultsTable:
             "key_convention": (
                 "zeroshot/{top1,top5,class_mean_top1}; retrieval/{nobg|bg}/paper/{i2s|s2i}_top{1|5}; "
                 "retrieval/{nobg|bg}/gallery/{i2s|s2i}_{r<k>|map}; retrieval/{nobg|bg}/gallery_samecat/...; "
-                "values in percent"
+                "linear_probe/{top1,class_mean_top1}; finetune/{top1,class_mean_top1}; values in percent"
             ),
             "columns": [{"key": k, "group": g, "header": h} for k, g, h in self.columns],
             "rows": [r.to_dict() for r in self.rows],

@@ -7,28 +7,81 @@ Protocol (written into every results file):
   "w/o background" = photo × mask on black. Each pair gets its own random point sample of its shape (as the paper's
   Pix3D loader). Paper protocol: shuffled batches of 128, seed 0, exact-pair hit. Full gallery: each photo ranks all
   unique test shapes (and each shape all photos); any photo of the right shape counts.
+- linear probe (``protocols: [..., linear_probe]``, :mod:`.linear_probe`): the frozen encoder embeds the train, val
+  and test splits; multinomial logistic regression (full-batch L-BFGS on train-standardised features); the L2 weight
+  is chosen on val; test top-1 and class-mean top-1. Needs train + val splits (the training collection has them).
+- fine-tune (``protocols: [..., finetune]``, :mod:`.finetune`): a copy of the encoder + a linear head trained on
+  train (AdamW + cosine), epoch selected on val, test classified once.
+
+Keys starting with ``_`` in the returned dict are not metrics: ``_chance`` (chance levels), ``_confusion_matrix``
+(zero-shot), ``_selection`` (what the linear probe / fine-tune chose on val, JSON-safe) and, with
+``return_embeddings=True``, ``_embeddings`` (for the TensorBoard / PNG artefacts of :mod:`.artefacts`).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from captionless3d.data.pointcloud import normalize_unit_sphere, random_subset
-from captionless3d.errors import DataError
-from captionless3d.evaluation.report import gallery_keys, paper_keys, zeroshot_keys
+from captionless3d.errors import ConfigError, DataError
+from captionless3d.evaluation.report import classification_keys, gallery_keys, paper_keys, zeroshot_keys
 from captionless3d.evaluation.retrieval import full_gallery_retrieval, paper_batch_retrieval
 from captionless3d.evaluation.zeroshot import zero_shot_metrics
 
-PROTOCOL = (
-    "checkpoint selected on the validation split (val/loss); test split used only here. "
-    "zero-shot: single template, overall top-1/top-5. "
-    "retrieval paper protocol: (photo, shape) pairs shuffled with seed 0, batches of 128, exact-pair hit "
-    "(a duplicate of the right shape in the batch is a miss). "
-    "full gallery: unique test shapes, a photo of / the right shape counts as a hit."
-)
+PROTOCOL_PARTS: dict[str, str] = {
+    "selection": (
+        "checkpoint selected on the validation split (val/loss); test split used only here (nothing is selected "
+        "on test)."
+    ),
+    "zeroshot": "zero-shot: single template, overall top-1/top-5.",
+    "retrieval": (
+        "retrieval paper protocol: (photo, shape) pairs shuffled with seed 0, batches of 128, exact-pair hit "
+        "(a duplicate of the right shape in the batch is a miss). "
+        "full gallery: unique test shapes, a photo of / the right shape counts as a hit."
+    ),
+    "linear_probe": (
+        "linear probe: frozen encoder, train/val/test embedded once (seeded point subset, no augmentation); "
+        "features standardised with the train mean/std; multinomial logistic regression (full-batch L-BFGS, "
+        "float64, from zero along a decreasing L2 path); L2 weight chosen on val top-1 from a grid (never on "
+        "test); test top-1 and class-mean top-1."
+    ),
+    "finetune": (
+        "fine-tune: a copy of the encoder + a new linear head (on the pre-projection features unless stated), "
+        "all trainable weights trained on train with AdamW + per-step cosine, augmentation-free batches (fresh "
+        "random point subset, unit sphere); epoch selected on val top-1; test classified once with the selected "
+        "weights; top-1 and class-mean top-1."
+    ),
+}
+# Every protocol (what a combined table of several benchmarks states); describe_protocol() gives one benchmark's.
+PROTOCOL = " ".join(PROTOCOL_PARTS.values())
+KNOWN_PROTOCOLS = ("zeroshot", "retrieval", "linear_probe", "finetune")
+
+
+def describe_protocol(protocols: Sequence[str] = KNOWN_PROTOCOLS) -> str:
+    """The protocol statement for a benchmark that ran ``protocols`` (always starting with the selection rule)."""
+    return " ".join([PROTOCOL_PARTS["selection"]] + [PROTOCOL_PARTS[p] for p in KNOWN_PROTOCOLS if p in protocols])
+
+
+def _check_options(options: Mapping[str, Any] | None, allowed: Sequence[str], key: str) -> dict[str, Any]:
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{key}: unknown option(s) {unknown}; valid: {', '.join(sorted(allowed))}")
+    return opts
+
+
+def _json_safe(obj: Any) -> Any:
+    """Selection records with float keys / tensors -> JSON-serialisable values."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.generic, torch.Tensor)):
+        return obj.item() if obj.ndim == 0 else obj.tolist()
+    return obj
 
 
 @torch.no_grad()
@@ -75,36 +128,57 @@ def evaluate_encoder(
     paper_batch_size: int = 128,
     paper_seed: int = 0,
     protocols: Sequence[str] = ("zeroshot", "retrieval"),
+    linear_probe: Mapping[str, Any] | None = None,
+    finetune: Mapping[str, Any] | None = None,
+    return_embeddings: bool = False,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """All metrics of one encoder on ``split`` of ``collection``, in percent, with the key naming of ``report``.
 
     Retrieval runs when the collection has photos (``features.photo_emb`` has K > 0 photos per object). Entries that
     share a shape (Pix3D: ``collection.shape_index``) are one gallery item in the full-gallery protocol.
+    ``linear_probe`` / ``finetune``: options of :func:`.linear_probe.linear_probe_encoder` (``train_split``,
+    ``val_split``, ``l2_grid``, ``max_iter``) / :func:`.finetune.finetune_encoder` (``epochs``, ``lr``, ...); the
+    test split is always ``split``. ``return_embeddings``: add ``_embeddings`` (test shape embeddings, photo
+    embeddings per domain, gallery) for :mod:`.artefacts`.
     """
-    unknown = sorted(set(protocols) - {"zeroshot", "retrieval"})
+    unknown = sorted(set(protocols) - set(KNOWN_PROTOCOLS))
     if unknown:
-        raise DataError(f"unknown evaluation protocols {unknown}; known: zeroshot, retrieval")
+        raise ConfigError(f"runner.protocols: unknown evaluation protocols {unknown}; known: {', '.join(KNOWN_PROTOCOLS)}")
+    probe_opts = _check_options(linear_probe, ("train_split", "val_split", "l2_grid", "max_iter"), "runner.linear_probe")
+    finetune_opts = _check_options(
+        finetune,
+        ("train_split", "val_split", "epochs", "batch_size", "lr", "min_lr", "weight_decay", "label_smoothing",
+         "features", "n_points", "rotation_degrees", "eval_batch_size", "seed"),
+        "runner.finetune",
+    )
     index = collection.indices(split)
     if len(index) == 0:
         raise DataError(f"evaluation split '{split}' of {collection.name} is empty")
     categories: Sequence[str] = collection.categories
     all_labels = np.asarray(collection.labels)
     shape_of = np.asarray(getattr(collection, "shape_index", np.arange(len(all_labels))), dtype=np.int64)
-    shape_emb = embed_points(encoder, collection.points[index], n_points=n_points, batch_size=batch_size, seed=seed, device=device)
-    prompt_emb = _as_tensor(features.prompt_emb)
-    if prompt_emb.shape[1] != shape_emb.shape[1]:
-        raise DataError(
-            f"encoder outputs {shape_emb.shape[1]}-d embeddings but the teacher's text embeddings are "
-            f"{prompt_emb.shape[1]}-d: the checkpoint was trained for another teacher"
+    n_photos = int(features.photo_emb.shape[1])
+    teacher_space = "zeroshot" in protocols or ("retrieval" in protocols and n_photos > 0)
+    shape_emb: torch.Tensor | None = None
+    if teacher_space or "linear_probe" in protocols or return_embeddings:
+        shape_emb = embed_points(
+            encoder, collection.points[index], n_points=n_points, batch_size=batch_size, seed=seed, device=device
         )
-    metrics: dict[str, Any] = {"_chance": {"zeroshot/top1": 100.0 / len(categories)}}
+    if teacher_space:
+        prompt_emb = _as_tensor(features.prompt_emb)
+        if prompt_emb.shape[1] != shape_emb.shape[1]:
+            raise DataError(
+                f"encoder outputs {shape_emb.shape[1]}-d embeddings but the teacher's text embeddings are "
+                f"{prompt_emb.shape[1]}-d: the checkpoint was trained for another teacher"
+            )
+    metrics: dict[str, Any] = {"_chance": {"zeroshot/top1": 100.0 / len(categories)}, "_selection": {}}
+    embeddings: dict[str, Any] = {"test_index": index, "shape_emb": shape_emb, "image_emb": {}}
     if "zeroshot" in protocols:
         zs = zero_shot_metrics(shape_emb, prompt_emb, torch.from_numpy(all_labels[index].astype(np.int64)))
         metrics.update(zeroshot_keys(zs))
         metrics["_confusion_matrix"] = zs.get("confusion_matrix")
 
-    n_photos = int(features.photo_emb.shape[1])
     if "retrieval" in protocols and n_photos > 0:
         pair_objects = np.repeat(index, n_photos)  # global object index of each (photo, shape) pair
         pair_categories = [categories[c] for c in all_labels[pair_objects]]
@@ -128,8 +202,34 @@ def evaluate_encoder(
                 image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories, shape_categories=gallery_categories
             )
             metrics.update(gallery_keys(gallery, domain))
+            embeddings["image_emb"][domain] = image_emb
+        embeddings.update(pair_objects=pair_objects, pair_photos=np.tile(np.arange(n_photos), len(index)),
+                          pair_shape_ids=shape_of[pair_objects],
+                          gallery_objects=index[first], gallery_shape_ids=shapes)
         metrics["_chance"].update({
             "retrieval/paper/top1": 100.0 / min(paper_batch_size, len(pair_objects)),
             "retrieval/gallery/i2s_r1": 100.0 / len(shapes),
         })
+
+    if "linear_probe" in protocols:
+        from captionless3d.evaluation.linear_probe import linear_probe_encoder
+
+        probe = linear_probe_encoder(
+            encoder, collection, test_split=split, n_points=n_points, batch_size=batch_size, seed=seed,
+            test_emb=shape_emb, device=device, **probe_opts,
+        )
+        metrics.update(classification_keys(probe, "linear_probe"))
+        metrics["_chance"]["linear_probe/top1"] = 100.0 / len(categories)
+        metrics["_selection"]["linear_probe"] = _json_safe(probe["selection"])
+    if "finetune" in protocols:
+        from captionless3d.evaluation.finetune import finetune_encoder
+
+        finetune_opts.setdefault("n_points", n_points)
+        finetune_opts.setdefault("seed", seed)
+        tuned = finetune_encoder(encoder, collection, test_split=split, device=device, **finetune_opts)
+        metrics.update(classification_keys(tuned, "finetune"))
+        metrics["_chance"]["finetune/top1"] = 100.0 / len(categories)
+        metrics["_selection"]["finetune"] = _json_safe(tuned["selection"])
+    if return_embeddings:
+        metrics["_embeddings"] = embeddings
     return metrics
