@@ -41,6 +41,7 @@ class Benchmark:
     collection: Any
     features: Any
     runner: dict[str, Any]
+    teacher: Any = None  # embeds averaged prompt sets (runner.templates) at evaluation time
 
 
 def _timed(timings: dict[str, float], name: str):
@@ -73,17 +74,40 @@ def build_teacher(teacher_cfg: DictConfig, collection: Any | None) -> Any:
     return instantiate(teacher_cfg.factory, key="teacher.factory", _convert_="all")
 
 
-def build_features(cfg: DictConfig, collection: Any, teacher: Any) -> Any:
-    from captionless3d.teacher.features import ensure_feature_store, feature_store_key
+def feature_store_dir(cfg: DictConfig, collection: Any, teacher: Any) -> Path:
+    """``<paths.cache_dir>/features/<hash of the store key>``: where training looks for (and builds) the feature
+    store of this (collection, teacher, prompt template, landmarks); ``python -m captionless3d.features`` writes there
+    too, so a store extracted ahead of time (e.g. on many GPUs) is reused by training."""
+    from captionless3d.teacher.features import feature_store_key
 
     landmarks = getattr(collection, "landmarks", None)
     key = feature_store_key(collection, teacher, prompt_template=cfg.prompt_template, landmarks=landmarks)
+    return Path(cfg.paths.cache_dir) / "features" / stable_hash(key)
+
+
+def build_features(cfg: DictConfig, collection: Any, teacher: Any) -> Any:
+    """The feature store of (collection, teacher): reused, built, or — for a collection that ships precomputed view
+    embeddings instead of renders (the paper's ``.pth`` layout, OpenShape ``image_feat``) — imported."""
+    from captionless3d.teacher.features import ensure_feature_store
+
+    views = getattr(collection, "views", None)
+    if getattr(collection, "view_emb", None) is not None and (views is None or int(views.shape[1]) == 0):
+        from captionless3d.teacher.interop import ensure_imported_feature_store
+
+        return ensure_imported_feature_store(
+            collection,
+            teacher,
+            feature_store_dir(cfg, collection, teacher),
+            source=f"{getattr(collection, 'name', 'collection')}.view_emb",
+            prompt_template=cfg.prompt_template,
+            landmarks=getattr(collection, "landmarks", None),
+        )
     return ensure_feature_store(
         collection,
         teacher,
-        Path(cfg.paths.cache_dir) / "features" / stable_hash(key),
+        feature_store_dir(cfg, collection, teacher),
         prompt_template=cfg.prompt_template,
-        landmarks=landmarks,
+        landmarks=getattr(collection, "landmarks", None),
     )
 
 
@@ -150,7 +174,7 @@ def build_benchmarks(cfg: DictConfig, collection: Any, teacher: Any, features: A
             bench_collection = instantiate(bench_cfg.collection, key=f"eval.{name}.collection", _convert_="all")
             bench_features = build_features(cfg, bench_collection, teacher)
         runner = OmegaConf.to_container(bench_cfg.runner, resolve=True)
-        benchmarks[name] = Benchmark(name, bench_collection, bench_features, runner)
+        benchmarks[name] = Benchmark(name, bench_collection, bench_features, runner, teacher)
     return benchmarks
 
 

@@ -57,11 +57,11 @@ def test_shapenet_builds_then_reuses_the_pipeline_store(tmp_path, teacher_args, 
     assert "5 objects, 2 categories" in out and "train=" in out and "views per object: 2" in out
     (store,) = _store_dirs(cache)
     assert (store / "manifest.json").is_file() and "built in" in out
-    mtime = (store / "view_emb.npy").stat().st_mtime_ns
+    mtime = (store / "view_emb" / "shard-00000.npy").stat().st_mtime_ns
 
     assert script.main(argv) == 0  # second run: reused, nothing re-embedded
     assert "reused" in capsys.readouterr().out
-    assert (store / "view_emb.npy").stat().st_mtime_ns == mtime and _store_dirs(cache) == [store]
+    assert (store / "view_emb" / "shard-00000.npy").stat().st_mtime_ns == mtime and _store_dirs(cache) == [store]
 
     # the training pipeline names exactly this directory (same reader params as configs/data/shapenet_ulip2.yaml)
     from omegaconf import OmegaConf
@@ -75,7 +75,7 @@ def test_shapenet_builds_then_reuses_the_pipeline_store(tmp_path, teacher_args, 
     teacher = create_teacher("test-clip-prepare", model_config=TINY)
     cfg = OmegaConf.create({"prompt_template": DEFAULT_PROMPT_TEMPLATE, "paths": {"cache_dir": str(cache)}})
     assert Path(build_features(cfg, collection, teacher).directory) == store
-    assert (store / "view_emb.npy").stat().st_mtime_ns == mtime
+    assert (store / "view_emb" / "shard-00000.npy").stat().st_mtime_ns == mtime
 
 
 def test_shapenet_bad_files_stop_or_are_listed(tmp_path, teacher_args, capsys):

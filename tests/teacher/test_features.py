@@ -40,7 +40,8 @@ def test_build_shapes_dtypes_and_values(fake_collection, tiny_teacher, tmp_path,
     assert manifest["key"]["collection_fingerprint"] == c.fingerprint
     assert manifest["key"]["prompt_template"] == "a point cloud model of a {}"
     assert "white" in manifest["key"]["background_policy"]
-    assert set(manifest["files"]) == {f"{a}.npy" for a in ARRAY_NAMES}
+    assert manifest["version"] == 2 and manifest["layout"]["shard_size"] == 4096
+    assert set(manifest["files"]) == {f"{a}.npy" for a in ARRAY_NAMES[3:]} | {f"{a}/shard-00000.npy" for a in ARRAY_NAMES[:3]}
     assert store.mean_view_emb().shape == (c.n, 32)
     assert store.landmarks_of(2).shape == (3, 32)
 
@@ -74,10 +75,10 @@ def test_teacher_or_data_mismatch_names_both_values(fake_collection, tiny_teache
 def test_corrupt_array_names_the_file(fake_collection, tiny_teacher, tmp_path):
     d = tmp_path / "fs"
     build_feature_store(fake_collection, tiny_teacher, d, progress=False)
-    raw = bytearray((d / "photo_emb.npy").read_bytes())
+    raw = bytearray((d / "photo_emb" / "shard-00000.npy").read_bytes())
     raw[-5] ^= 0xFF
-    (d / "photo_emb.npy").write_bytes(bytes(raw))
-    with pytest.raises(CacheError, match="photo_emb.npy"):
+    (d / "photo_emb" / "shard-00000.npy").write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match="photo_emb/shard-00000.npy"):
         load_feature_store(d, feature_store_key(fake_collection, tiny_teacher))
     (d / "landmark_emb.npy").unlink()
     with pytest.raises(CacheError, match="landmark_emb.npy"):
