@@ -129,7 +129,8 @@ def run_benchmarks(
                 log.info("benchmark %s: collection %s has no '%s' split; skipped", name, bench.collection.name, split)
                 continue
             metrics = evaluate_encoder(
-                encoder, bench.collection, bench.features, device=device, return_embeddings=artefacts["enabled"], **runner
+                encoder, bench.collection, bench.features, device=device, return_embeddings=artefacts["enabled"],
+                teacher=getattr(bench, "teacher", None), **runner,
             )
             confusion = metrics.pop("_confusion_matrix", None)
             chance = metrics.pop("_chance", {})

@@ -14,8 +14,8 @@ Metric key convention (flat ``dict[str, float]``, values in percent; every produ
 =================================================  ==============================================================
 
 ``nobg`` = "w/o background" (photo x mask on black), ``bg`` = "w/ background" (original photo); ``i2s`` = image->shape,
-``s2i`` = shape->image. A zero-shot variant other than the default prompt set may use another prefix, e.g.
-``zeroshot_64tpl/top1`` (:func:`zeroshot_keys` ``prefix=``). :func:`zeroshot_keys`, :func:`paper_keys`,
+``s2i`` = shape->image. A zero-shot prompt set other than the single template uses its own prefix, e.g.
+``zeroshot_openai_imagenet/top1`` (``runner.templates``; :func:`zeroshot_keys` ``prefix=``). :func:`zeroshot_keys`, :func:`paper_keys`,
 :func:`gallery_keys` and :func:`classification_keys` (linear probe / fine-tune) turn the dicts returned by the
 evaluation functions into these keys.
 
@@ -78,6 +78,8 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("retrieval/bg/paper/s2i_top5", "w/ bg S→I", "Top-5"),
     ("zeroshot/top1", "zero-shot", "Top-1"),
     ("zeroshot/top5", "zero-shot", "Top-5"),
+    ("zeroshot_openai_imagenet/top1", "zero-shot 80 tpl", "Top-1"),
+    ("zeroshot_openai_imagenet/top5", "zero-shot 80 tpl", "Top-5"),
     ("retrieval/nobg/gallery/i2s_r1", "gallery w/o bg I→S", "R@1"),
     ("retrieval/nobg/gallery/i2s_r5", "gallery w/o bg I→S", "R@5"),
     ("retrieval/nobg/gallery/i2s_map", "gallery w/o bg I→S", "mAP"),

@@ -36,7 +36,11 @@ PROTOCOL_PARTS: dict[str, str] = {
         "checkpoint selected on the validation split (val/loss); test split used only here (nothing is selected "
         "on test)."
     ),
-    "zeroshot": "zero-shot: single template, overall top-1/top-5.",
+    "zeroshot": (
+        "zero-shot: single template 'a point cloud model of a {}' (zeroshot/...), plus each averaged template set "
+        "named in runner.templates (zeroshot_<set>/...: every template embedded, L2-normalised, averaged per class "
+        "and re-normalised, as OpenCLIP's build_zero_shot_classifier); overall top-1/top-5 and class-mean top-1."
+    ),
     "retrieval": (
         "retrieval paper protocol: (photo, shape) pairs shuffled with seed 0, batches of 128, exact-pair hit "
         "(a duplicate of the right shape in the batch is a miss). "
@@ -116,6 +120,25 @@ def _as_tensor(array: Any) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
+def _text_classifiers(
+    templates: Sequence[str], prompt_emb: torch.Tensor, teacher: Any, categories: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """``{set name: (C, D) class embeddings}``; ``single`` = the feature store's prompts, others embedded now."""
+    if isinstance(templates, str) or not templates:
+        raise ConfigError(f"runner.templates: expected a non-empty list of template-set names, got {templates!r}")
+    classifiers: dict[str, torch.Tensor] = {}
+    for name in templates:
+        if name == "single":
+            classifiers[name] = prompt_emb
+            continue
+        if teacher is None:
+            raise ConfigError(f"runner.templates: template set {name!r} needs the teacher to embed its prompts, and none was given")
+        from captionless3d.teacher.classifier import zero_shot_classifier
+
+        classifiers[name] = zero_shot_classifier(teacher, list(categories), name)
+    return classifiers
+
+
 def evaluate_encoder(
     encoder: nn.Module,
     collection: Any,
@@ -130,6 +153,8 @@ def evaluate_encoder(
     protocols: Sequence[str] = ("zeroshot", "retrieval"),
     linear_probe: Mapping[str, Any] | None = None,
     finetune: Mapping[str, Any] | None = None,
+    templates: Sequence[str] = ("single",),
+    teacher: Any = None,
     return_embeddings: bool = False,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
@@ -141,6 +166,9 @@ def evaluate_encoder(
     ``val_split``, ``l2_grid``, ``max_iter``) / :func:`.finetune.finetune_encoder` (``epochs``, ``lr``, ...); the
     test split is always ``split``. ``return_embeddings``: add ``_embeddings`` (test shape embeddings, photo
     embeddings per domain, gallery) for :mod:`.artefacts`.
+    ``templates``: zero-shot prompt sets (:data:`captionless3d.teacher.classifier.TEMPLATE_SETS` names); ``single``
+    uses the feature store's prompt embeddings (keys ``zeroshot/...``), any other set is embedded with ``teacher``
+    (keys ``zeroshot_<set>/...``).
     """
     unknown = sorted(set(protocols) - set(KNOWN_PROTOCOLS))
     if unknown:
@@ -175,9 +203,13 @@ def evaluate_encoder(
     metrics: dict[str, Any] = {"_chance": {"zeroshot/top1": 100.0 / len(categories)}, "_selection": {}}
     embeddings: dict[str, Any] = {"test_index": index, "shape_emb": shape_emb, "image_emb": {}}
     if "zeroshot" in protocols:
-        zs = zero_shot_metrics(shape_emb, prompt_emb, torch.from_numpy(all_labels[index].astype(np.int64)))
-        metrics.update(zeroshot_keys(zs))
-        metrics["_confusion_matrix"] = zs.get("confusion_matrix")
+        labels = torch.from_numpy(all_labels[index].astype(np.int64))
+        for name, classifier in _text_classifiers(templates, prompt_emb, teacher, categories).items():
+            zs = zero_shot_metrics(shape_emb, classifier, labels)
+            prefix = "zeroshot" if name == "single" else f"zeroshot_{name}"
+            metrics.update(zeroshot_keys(zs, prefix=prefix))
+            if name == "single" or "_confusion_matrix" not in metrics:
+                metrics["_confusion_matrix"] = zs.get("confusion_matrix")
 
     if "retrieval" in protocols and n_photos > 0:
         pair_objects = np.repeat(index, n_photos)  # global object index of each (photo, shape) pair
