@@ -20,6 +20,8 @@ Sections (each catches its own exceptions and prints ``section N failed: ...``, 
 7. ``features``: teacher ``encode_images`` images/s and ``encode_texts`` texts/s per backend
    (``benchmarks/bench_features.py``: the synthetic teacher, OpenCLIP ViT-B-32 at 224 px, tiny and ViT-B/32 Hugging
    Face CLIPs) and the projected wall time for 1.6 M images at the ViT-B-32 rate. ``--sections features`` works too.
+8. ``search``: shape-index search latency p50 / p95 over a 100 000-shape random fp16 index, 1 and 8 queries
+   (``benchmarks/bench_search.py``). ``--sections search`` works too.
 
 The cores may be shared with other processes: the load average is printed at the start and the end.
 """
@@ -378,6 +380,15 @@ def section_bench_features(quick: bool) -> None:
             record("7 features", f"{name} images/s | texts/s", f"{r['images_per_s']:.1f} | {r['texts_per_s']:.1f}")
 
 
+# ------------------------------------------------------------------------------------------------------ section 8
+def section_search(quick: bool) -> None:
+    from benchmarks.bench_search import run
+
+    shapes = 20_000 if quick else 100_000
+    for name, r in run(shapes=shapes, dim=512, k=5, queries=(1, 8), repeats=20 if quick else 50).items():
+        record("8 search", f"{shapes} shapes x 512 fp16, {name}: p50 | p95", f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} ms")
+
+
 SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {
     "1": ("PointNeXt-S throughput, FLOPs, memory", section_pointnext),
     "2": ("loss", section_loss),
@@ -386,8 +397,9 @@ SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {
     "5": ("teacher features and data-module reads", section_features),
     "6": ("exact top-k", section_topk),
     "7": ("features: teacher encode throughput per backend", section_bench_features),
+    "8": ("shape-index search latency", section_search),
 }
-SECTION_ALIASES = {"features": "7"}
+SECTION_ALIASES = {"features": "7", "search": "8"}
 
 
 def main() -> None:
