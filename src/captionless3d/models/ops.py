@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from captionless3d.errors import DataError  # a ValueError subclass: bad shapes / arguments name the op
+
 __all__ = [
     "furthest_point_sample",
     "random_sample",
@@ -160,12 +162,12 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     distance to the chosen set is largest (lowest index on exact ties).
     """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
-        raise ValueError(f"furthest_point_sample expects (B, N, 3), got {tuple(xyz.shape)}")
+        raise DataError(f"furthest_point_sample expects (B, N, 3), got {tuple(xyz.shape)}")
     B, N, _ = xyz.shape
     if not 0 < npoint <= N:
-        raise ValueError(f"furthest_point_sample: npoint={npoint} must be in [1, N={N}]")
+        raise DataError(f"furthest_point_sample: npoint={npoint} must be in [1, N={N}]")
     if not 0 <= start < N:
-        raise ValueError(f"furthest_point_sample: start={start} must be in [0, N={N})")
+        raise DataError(f"furthest_point_sample: start={start} must be in [0, N={N})")
     xyz = xyz.detach().float()
     if start == 0 and _use_cuda_ops(xyz):
         return _CUDA_OPS["fps"](xyz.contiguous(), npoint).long()
@@ -207,11 +209,11 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     their first index; empty balls are all 0 (as the CUDA op).
     """
     if support.dim() != 3 or query.dim() != 3 or support.shape[-1] != 3 or query.shape[-1] != 3:
-        raise ValueError(f"ball_query expects (B, N, 3) and (B, M, 3), got {tuple(support.shape)}, {tuple(query.shape)}")
+        raise DataError(f"ball_query expects (B, N, 3) and (B, M, 3), got {tuple(support.shape)}, {tuple(query.shape)}")
     if support.shape[0] != query.shape[0]:
-        raise ValueError("ball_query: support and query batch sizes differ")
+        raise DataError("ball_query: support and query batch sizes differ")
     if nsample < 1:
-        raise ValueError(f"ball_query: nsample={nsample} must be >= 1")
+        raise DataError(f"ball_query: nsample={nsample} must be >= 1")
     B, N, _ = support.shape
     M = query.shape[1]
     support = support.detach().float()

@@ -1,7 +1,11 @@
 """Atomic artefact writes: temp file in the same directory -> fsync -> os.replace.
 
 A reader never sees a half-written file: either the old artefact or the complete new one. If the writer raises, the
-temp file is removed and the old artefact stays untouched.
+temp file is removed and the old artefact stays untouched. The renamed file gets the permissions a plain ``open(path,
+"w")`` would have given it (``0o666 & ~umask``), not ``mkstemp``'s private ``0o600``, so shared caches stay readable.
+
+A process killed with SIGKILL mid-write leaves a ``.<name>.<random>.tmp`` file next to the target (never the target
+itself); :func:`remove_stale_temps` deletes such leftovers.
 """
 from __future__ import annotations
 
@@ -15,7 +19,41 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from captionless3d.errors import CacheError
+from captionless3d.errors import CacheError, Captionless3DError
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of every file written here: what ``open(path, "w")`` gives under the process umask (read once at import).
+FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _make_temp(target: Path, error: type[Captionless3DError]) -> tuple[int, Path]:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as exc:  # read-only or full file system, missing permissions
+        raise error(f"could not write {target}: cannot create a temp file in {target.parent}: {exc}") from exc
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:  # filesystems without POSIX modes
+        pass
+    return fd, Path(tmp_name)
+
+
+def _fail(target: Path, tmp: Path, exc: BaseException, error: type[Captionless3DError]) -> None:
+    """Remove the temp file; re-raise interrupts and our own errors as they are, wrap anything else naming ``target``."""
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, Captionless3DError)):
+        raise exc
+    raise error(f"could not write {target}: {type(exc).__name__}: {exc}; the previous file (if any) is intact") from exc
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -32,17 +70,17 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
+                error: type[Captionless3DError] = CacheError) -> Iterator[io.IOBase]:
     """Open a temp file next to ``path``; on clean exit fsync it and rename it over ``path``.
 
-    Any exception inside the block deletes the temp file and re-raises wrapped in :class:`CacheError` naming ``path``.
+    Any exception inside the block deletes the temp file and re-raises wrapped in ``error`` (default
+    :class:`CacheError`) naming ``path``; interrupts (KeyboardInterrupt, SystemExit) and our own errors pass unchanged.
     """
     if "w" not in mode:
         raise ValueError(f"atomic_open needs a write mode, got {mode!r}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
+    fd, tmp = _make_temp(target, error)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -51,11 +89,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, CacheError)):
-            raise
-        raise CacheError(f"could not write {target}: {type(exc).__name__}: {exc}; the previous file (if any) is intact") from exc
+        _fail(target, tmp, exc, error)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -77,13 +111,12 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None], *,
+                      error: type[Captionless3DError] = CacheError) -> None:
     """Run ``writer(tmp_path)`` (for libraries that insist on a path, e.g. ``torch.save``), then rename atomically."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _make_temp(target, error)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         writer(tmp)
         with open(tmp, "rb+") as handle:
@@ -91,11 +124,24 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, CacheError)):
-            raise
-        raise CacheError(f"could not write {target}: {type(exc).__name__}: {exc}; the previous file (if any) is intact") from exc
+        _fail(target, tmp, exc, error)
+
+
+def remove_stale_temps(directory: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files that a killed writer left in ``directory`` (only those older than
+    ``older_than_s`` seconds, so a concurrent writer's live temp file is never touched). Returns what was removed."""
+    import time
+
+    removed = []
+    now = time.time()
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        try:
+            if now - tmp.stat().st_mtime >= older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def _json_default(obj: Any) -> Any:

@@ -243,10 +243,14 @@ def files_fingerprint(files: Iterable[str | os.PathLike], root: str | os.PathLik
 def normalize_points(xyz: np.ndarray, source: str) -> np.ndarray:
     """Centre on the centroid and scale into the unit sphere (ULIP ``pc_norm``); float32."""
     xyz = np.asarray(xyz, dtype=np.float64)
-    centred = xyz - xyz.mean(axis=0, keepdims=True)
-    radius = float(np.sqrt((centred ** 2).sum(axis=1)).max()) if len(centred) else 0.0
-    if not radius > 0:
-        raise DataError(f"{source}: degenerate point cloud (all points identical)")
+    # scale by the extent first: squaring raw coordinates overflowed (1e169 -> a silent all-zero cloud) and the rounding
+    # of the mean of identical large values (1e30) passed a single repeated point off as a valid cloud
+    extent = float(np.ptp(xyz, axis=0).max()) if len(xyz) else 0.0
+    if not (np.isfinite(extent) and extent > 0):
+        raise DataError(f"{source}: degenerate point cloud (all points identical or extent {extent})")
+    centred = (xyz - xyz.min(axis=0)) / extent
+    centred -= centred.mean(axis=0, keepdims=True)
+    radius = float(np.sqrt((centred ** 2).sum(axis=1)).max())
     return (centred / radius).astype(np.float32)
 
 

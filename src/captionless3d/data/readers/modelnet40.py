@@ -155,7 +155,7 @@ def _read_h5(root: Path, split: str, n_points: int | None, problems: Problems):
                     raise DataError(f"{path}: h5 file needs datasets 'data' and 'label', has {sorted(h5.keys())}")
                 data = np.asarray(h5["data"])
                 label = np.asarray(h5["label"]).reshape(-1)
-        except OSError as exc:
+        except (OSError, RuntimeError, KeyError, TypeError) as exc:  # h5py reports corrupt files with all four
             raise DataError(f"{path}: unreadable h5 file ({exc})") from exc
         if data.ndim != 3 or len(label) != len(data):
             raise DataError(f"{path}: 'data' {data.shape} and 'label' {label.shape} do not match (N, P, 3) / (N,)")

@@ -92,7 +92,7 @@ def read_scanobjectnn(
                 data = np.asarray(h5["data"])
                 label = np.asarray(h5["label"])
                 mask = np.asarray(h5["mask"]) if "mask" in h5 else None
-        except OSError as exc:
+        except (OSError, RuntimeError, KeyError, TypeError) as exc:  # h5py reports corrupt files with all four
             raise DataError(f"{path}: unreadable h5 file ({exc})") from exc
         label = label.reshape(len(label), -1)[:, 0] if label.ndim > 1 else label
         if data.ndim != 3 or len(label) != len(data) or label.dtype.kind not in "iu":
