@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from captionless3d.hydra_utils import instantiate
@@ -141,23 +142,25 @@ def build_priors(cfg: DictConfig, collection: Any, features: Any) -> list[Any]:
         kind_options = resolve_options(kind, **options)
         expected = PriorStore.manifest_key(kind, delta, kind_options, inputs)
         directory = Path(cfg.paths.cache_dir) / "priors" / f"{kind}-{stable_hash(expected)}"
-        try:
-            store = PriorStore.load(directory, expected_key=expected)
-            log.info("reusing prior store %s", directory)
-        except CacheError as exc:
-            if (directory / "manifest.json").exists():
-                log.warning("rebuilding prior store: %s", exc)
-            store = PriorStore.build(
-                kind,
-                features.view_emb,
-                collection.labels,
-                collection.splits == "train",
-                landmark_emb=features.landmark_emb,
-                landmark_labels=features.landmark_labels,
-                delta=delta,
-                **kind_options,
-            )
-            store.save(directory, key=inputs)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory) + ".lock"):  # concurrent runs sharing the cache build it once
+            try:
+                store = PriorStore.load(directory, expected_key=expected)
+                log.info("reusing prior store %s", directory)
+            except CacheError as exc:
+                if (directory / "manifest.json").exists():
+                    log.warning("rebuilding prior store: %s", exc)
+                store = PriorStore.build(
+                    kind,
+                    features.view_emb,
+                    collection.labels,
+                    collection.splits == "train",
+                    landmark_emb=features.landmark_emb,
+                    landmark_labels=features.landmark_labels,
+                    delta=delta,
+                    **kind_options,
+                )
+                store.save(directory, key=inputs)
         stores.append(store)
     return stores
 

@@ -36,6 +36,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True)
     prepared = prepare(cfg)
+    # building cold caches consumes random numbers: reseed so the student's initial weights never depend on them
+    L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data.loader, key="data.loader").attach(
         prepared.collection, prepared.features.view_emb, priors=prepared.priors

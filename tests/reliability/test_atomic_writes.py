@@ -267,8 +267,6 @@ def test_prior_store_save_full_disk_names_file_leaves_no_temp_and_never_loads_mi
         assert torch.allclose(loaded.pairs(rows, rows), _prior_store(0.5).pairs(rows, rows))
 
 
-@pytest.mark.xfail(strict=True, reason="PriorStore.save replaces payload files one by one next to the old manifest; "
-                   "a failed overwrite destroys the old store (detected by checksums, not kept). docs/reliability.md")
 def test_prior_store_failed_overwrite_keeps_old_store_loadable(tmp_path, monkeypatch):
     from captionless3d.mining import store as store_mod
     from captionless3d.mining.store import PriorStore
@@ -288,7 +286,10 @@ def test_prior_store_failed_overwrite_keeps_old_store_loadable(tmp_path, monkeyp
     with pytest.raises(CacheError):
         _prior_store(0.9).save(directory, key={"inputs": "a"})
     monkeypatch.undo()
-    PriorStore.load(directory)
+    loaded = PriorStore.load(directory)  # the complete old store, built in a temp sibling and never swapped
+    rows = torch.tensor([0, 1])
+    assert torch.allclose(loaded.pairs(rows, rows), _prior_store(0.5).pairs(rows, rows))
+    assert not list(tmp_path.glob(".priors.*"))
 
 
 def test_world_build_full_disk_leaves_no_manifest_no_temp_and_rebuilds(tmp_path, monkeypatch):

@@ -24,10 +24,17 @@ def check_points(points: torch.Tensor, name: str = "points") -> torch.Tensor:
 
 
 def normalize_unit_sphere(points: torch.Tensor) -> torch.Tensor:
-    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (paper §8, ULIP ``pc_norm``)."""
+    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (paper §8, ULIP ``pc_norm``).
+
+    A cloud with no extent (all points equal, up to float rounding of the mean) has no scale: it becomes all zeros
+    at the origin rather than rounding noise blown up to norm 1.
+    """
     centred = points - points.mean(dim=1, keepdim=True)
-    radius = centred.norm(dim=-1).amax(dim=1).clamp_min(1e-12)
-    return centred / radius[:, None, None]
+    radius = centred.norm(dim=-1).amax(dim=1)
+    magnitude = points.abs().flatten(1).amax(dim=1)
+    degenerate = radius <= 16 * torch.finfo(points.dtype).eps * magnitude.clamp_min(1.0)
+    scale = torch.where(degenerate, torch.ones_like(radius), radius)
+    return torch.where(degenerate[:, None, None], torch.zeros_like(centred), centred / scale[:, None, None])
 
 
 def random_subset(points: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

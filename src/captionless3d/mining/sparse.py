@@ -28,11 +28,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from captionless3d.errors import CacheError, ConfigError, DataError
 from captionless3d.mining.priors import AGGREGATES, PROFILE_NORMS, chunked_mean_view_embedding, i2l_profiles
 from captionless3d.mining.topk import topk_similar
-from captionless3d.utils.atomic import atomic_save_npy
+from captionless3d.utils.atomic import atomic_directory, atomic_save_npy
 from captionless3d.utils.manifest import load_cache_arrays, stable_hash, write_manifest
 
 __all__ = ["SparsePriorStore", "build_sparse_prior", "ensure_sparse_prior", "sparse_options", "SPARSE_KINDS", "prior_from_values"]
@@ -263,15 +264,15 @@ class SparsePriorStore:
 
     def save(self, directory: str | os.PathLike, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write ``keys.npy``, ``weights.npy`` atomically, then the manifest (``key`` + the reserved fields)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         full_key = self.manifest_key(self.kind, self.fallback, self.options, self.k, key, self.num_objects)
-        atomic_save_npy(directory / "keys.npy", self._keys.cpu().numpy())
-        atomic_save_npy(directory / "weights.npy", self._weights.cpu().numpy())
-        return write_manifest(
-            directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, key=full_key, files=list(_FILES),
-            extra={"num_pairs": self.num_pairs},
-        )
+        with atomic_directory(directory) as tmp:  # a failed overwrite leaves the old store loadable
+            atomic_save_npy(tmp / "keys.npy", self._keys.cpu().numpy())
+            atomic_save_npy(tmp / "weights.npy", self._weights.cpu().numpy())
+            manifest = write_manifest(
+                tmp, kind=MANIFEST_KIND, version=FORMAT_VERSION, key=full_key, files=list(_FILES),
+                extra={"num_pairs": self.num_pairs},
+            )
+        return manifest
 
     @classmethod
     def load(
@@ -402,18 +403,20 @@ def ensure_sparse_prior(
     fallback = _check_fallback(fallback)
     expected = SparsePriorStore.manifest_key(kind, fallback, opts, int(k), key)
     directory = Path(cache_root) / f"{kind}-top{int(k)}-{stable_hash(expected)}"
-    try:
-        store = SparsePriorStore.load(directory, expected_key=expected)
-        log.info("reusing global prior %s", directory)
-        return store
-    except CacheError as exc:
-        if (directory / "manifest.json").exists():
-            log.warning("rebuilding global prior: %s", exc)
-    store = build_sparse_prior(
-        kind, view_emb, member_mask, k=k, landmark_emb=landmark_emb, fallback=fallback, block_size=block_size,
-        device=device, progress=progress, **opts_without_metric(opts),
-    )
-    store.to("cpu").save(directory, key=key)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(directory) + ".lock"):  # concurrent runs sharing the cache build it once
+        try:
+            store = SparsePriorStore.load(directory, expected_key=expected)
+            log.info("reusing global prior %s", directory)
+            return store
+        except CacheError as exc:
+            if (directory / "manifest.json").exists():
+                log.warning("rebuilding global prior: %s", exc)
+        store = build_sparse_prior(
+            kind, view_emb, member_mask, k=k, landmark_emb=landmark_emb, fallback=fallback, block_size=block_size,
+            device=device, progress=progress, **opts_without_metric(opts),
+        )
+        store.to("cpu").save(directory, key=key)
     return store.to(device) if torch.device(device).type != "cpu" else store
 
 

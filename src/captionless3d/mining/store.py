@@ -40,7 +40,7 @@ from captionless3d.mining.priors import (
     i2l2_prior,
     i2l_profiles,
 )
-from captionless3d.utils.atomic import atomic_save_npy
+from captionless3d.utils.atomic import atomic_directory, atomic_save_npy
 from captionless3d.utils.manifest import load_cache_arrays, write_manifest
 
 __all__ = ["PriorStore", "PRIOR_KINDS", "DEFAULT_DELTA"]
@@ -372,14 +372,13 @@ class PriorStore:
         return out
 
     def save(self, directory: str | os.PathLike, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Write the store to ``directory`` atomically, manifest last (kind ``"prior_store"``).
+        """Write the store to ``directory`` atomically as a whole (built in a temp sibling, then swapped in: a failed
+        overwrite leaves the old store loadable), manifest last (kind ``"prior_store"``).
 
         The manifest key is ``key`` (the caller's identity of the inputs: teacher id, feature-store fingerprint,
         split, ...; JSON-serialisable) plus ``prior_kind``, ``prior_options``, ``delta`` and ``num_objects``.
         Returns the manifest.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         full_key = self.manifest_key(self.kind, self.delta, self.options, key, self.num_objects)
         payload = {
             "values.npy": self._values[:-1].detach().cpu().numpy(),
@@ -387,16 +386,18 @@ class PriorStore:
             "category_labels.npy": self._category_labels,
             "category_sizes.npy": self._category_sizes,
         }
-        for name, arr in payload.items():
-            atomic_save_npy(directory / name, arr)
-        return write_manifest(
-            directory,
-            kind=MANIFEST_KIND,
-            version=FORMAT_VERSION,
-            key=full_key,
-            files=list(payload),
-            extra={"num_categories": int(self._category_labels.size), "num_members": int(self._member_index.size)},
-        )
+        with atomic_directory(directory) as tmp:
+            for name, arr in payload.items():
+                atomic_save_npy(tmp / name, arr)
+            manifest = write_manifest(
+                tmp,
+                kind=MANIFEST_KIND,
+                version=FORMAT_VERSION,
+                key=full_key,
+                files=list(payload),
+                extra={"num_categories": int(self._category_labels.size), "num_members": int(self._member_index.size)},
+            )
+        return manifest
 
     @classmethod
     def load(

@@ -34,6 +34,9 @@ from .ops import ball_query, furthest_point_sample, gather_points, group_points,
 
 __all__ = ["PointNextEncoder", "ConvBlock", "SetAbstraction", "InvResMLP", "LocalAggregation", "batch_norm_last"]
 
+#: Largest accepted |coordinate|: squared distances of points beyond ~1e19 overflow float32 (the max is ~3.4e38).
+MAX_ABS_COORDINATE = 1e18
+
 
 def batch_norm_last(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     """Apply ``bn`` (BatchNorm1d/2d over channels) to channels-last ``x (..., C)``, with the module's exact semantics
@@ -443,6 +446,12 @@ class PointNextEncoder(nn.Module):
         xyz = xyz.to(dtype)
         if not bool(torch.isfinite(xyz).all()):
             raise DataError("xyz contains NaN or Inf coordinates")
+        if bool((xyz.abs() > MAX_ABS_COORDINATE).any()):
+            # differences and squared distances of such coordinates overflow float32 into a silent NaN embedding
+            raise DataError(
+                f"xyz has coordinates beyond ±{MAX_ABS_COORDINATE:g} (max |x| = {float(xyz.abs().max()):.3g}): "
+                "normalise the clouds first (captionless3d.data.pointcloud.normalize_unit_sphere)"
+            )
         if features is None:
             if self.in_channels == 3:
                 f = xyz

@@ -13,7 +13,9 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -125,6 +127,35 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None], *
         _fsync_dir(target.parent)
     except BaseException as exc:
         _fail(target, tmp, exc, error)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, *, error: type[Captionless3DError] = CacheError) -> Iterator[Path]:
+    """Build a whole directory artefact (several files + manifest) in a temp sibling and swap it in on success.
+
+    Yields the temp directory to write into. If the body raises, the temp directory is removed and the old
+    ``path`` is untouched. On success the old directory is renamed aside, the new one renamed into place, and the old
+    one deleted; a crash between the two renames leaves ``path`` missing (a cache miss), never a mix of old and new.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmpdir", dir=target.parent))
+    except OSError as exc:
+        raise error(f"could not write {target}: cannot create a temp directory in {target.parent}: {exc}") from exc
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_current_umask())
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}") if target.exists() else None
+        if old is not None:
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temps(directory: str | os.PathLike, *, older_than_s: float = 3600.0) -> list[Path]:
