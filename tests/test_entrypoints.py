@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from fixtures.formats import ulip_checkpoint
+
+from captionless3d.models import build_point_encoder
 
 pytestmark = pytest.mark.slow
 
@@ -75,17 +79,42 @@ def test_eval_all_experiments_one_table(trained):
     if not list((root / "outputs" / "train" / "multiruns").glob("*/*_i2i/checkpoints/best.ckpt")):
         proc = _run("captionless3d.train", ["-m", *TINY, "experiment=baseline,i2i,i2l2"], root)
         assert proc.returncode == 0, proc.stderr[-5000:]
-    proc = _run("captionless3d.eval", ["ckpt=all", "baseline=[pointclip]"], root)
+    # a released ULIP PointNeXt (xyz + height) projecting into the same teacher space, as a baseline row
+    (ckpt,) = (root / "outputs" / "train" / "multiruns").glob("*/*_i2i/checkpoints/best.ckpt")
+    dim = torch.load(ckpt, map_location="cpu", weights_only=True)["captionless3d"]["teacher_dim"]
+    torch.manual_seed(0)
+    released = build_point_encoder("pointnext_s", in_channels=4, embed_dim=dim)
+    with torch.no_grad():
+        released.head.head[-1][0].bias.zero_()
+    torch.save(ulip_checkpoint(released), root / "ulip_pointnext.pt")
+    args = ["ckpt=all", "baseline=[pointclip,ulip_pointnext]", f"baseline.ulip_pointnext.pretrained={root / 'ulip_pointnext.pt'}"]
+    proc = _run("captionless3d.eval", args, root)
     assert proc.returncode == 0, proc.stderr[-5000:]
     run_dir = max((root / "outputs" / "eval" / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
     table = json.loads((run_dir / "results" / "heldout" / "results.json").read_text())
     names = [row["name"] for row in table["rows"]]
-    assert {"avg", "baseline", "i2i", "i2l2", "pointclip"} <= set(names) and len(names) == len(set(names))
-    assert all("zeroshot/top1" in row["metrics"] for row in table["rows"])
+    assert {"baseline", "i2i", "i2l2", "pointclip", "ulip_pointnext"} <= set(names) and len(names) == len(set(names))
+    # rows share one training budget; the avg run resumed for 2 epochs (test above) is left out, and says so
+    budgets = {row["notes"].split("; ", 1)[1] for row in table["rows"] if row["notes"].startswith("checkpoint")}
+    assert len(budgets) == 1, budgets
+    if "avg" not in names:
+        assert "leaving out" in proc.stdout + proc.stderr
+    assert all("zeroshot/top1" in row["metrics"] and "zeroshot_openai_imagenet/top1" in row["metrics"] for row in table["rows"])
     assert "validation" in table["protocol"]
     for name in names:
         assert (run_dir / "models" / name / "results" / "heldout" / "results.json").is_file()
     assert "i2l2" in proc.stdout and "baseline" in proc.stdout
+
+
+def test_eval_rejects_a_checkpoint_for_another_teacher_dimension(trained):
+    root, run_dir = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["captionless3d"]["teacher_dim"] = 768  # as if trained against a ViT-L/14 teacher
+    other = root / "other_teacher.ckpt"
+    torch.save(checkpoint, other)
+    proc = _run("captionless3d.eval", [f"ckpt={other}"], root)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "768-d teacher" in proc.stderr and str(other) in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path):

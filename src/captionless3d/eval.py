@@ -62,20 +62,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def comparable_signature(meta: dict[str, Any]) -> dict[str, Any]:
+    """What rows of one table must share: teacher, data, and the training budget (epochs, points, batch, seed)."""
+    config = meta.get("config") or {}
+    loader = (config.get("data") or {}).get("loader") or {}
+    return {
+        "teacher_id": meta.get("teacher_id"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "max_epochs": (config.get("trainer") or {}).get("max_epochs"),
+        "n_points": loader.get("n_points"),
+        "batch_size": loader.get("batch_size"),
+        "seed": config.get("seed"),
+    }
+
+
 def newest_per_experiment(output_dir: Path) -> list[Path]:
-    """``ckpt=all``: the newest best checkpoint of each experiment, restricted to the teacher and data of the newest
-    checkpoint overall (rows trained against another teacher or data set are not comparable; they are logged)."""
+    """``ckpt=all``: the newest best checkpoint of each experiment among those comparable with the newest checkpoint
+    overall (same teacher, data, epochs, points, batch size and seed); the others are logged and left out."""
     candidates = _best_checkpoints(output_dir)
     if not candidates:
         raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
-    reference: tuple[str, str] | None = None
+    reference: dict[str, Any] | None = None
     chosen: dict[str, Path] = {}
     for path in reversed(candidates):  # newest first
         meta = load_checkpoint(path)["captionless3d"]
-        identity = (str(meta.get("teacher_id")), str(meta.get("data_fingerprint")))
-        reference = reference or identity
-        if identity != reference:
-            log.info("ckpt=all: skipping %s (teacher/data %s differ from the newest checkpoint's %s)", path, identity, reference)
+        signature = comparable_signature(meta)
+        reference = reference or signature
+        if signature != reference:
+            log.info("ckpt=all: leaving out %s (%s differs from the newest checkpoint's %s)", path, signature, reference)
             continue
         chosen.setdefault(str(meta.get("experiment", path.stem)), path)
     return [chosen[name] for name in sorted(chosen)]
@@ -102,12 +116,35 @@ class ModelResult:
     notes: str
 
 
+def _current_benchmarks(names: Sequence[str]) -> DictConfig:
+    """Today's definitions (``configs/eval/<name>.yaml``) of the benchmarks a checkpoint was trained with, so an old
+    checkpoint is evaluated under the current protocols; a name with no config here keeps the checkpoint's own."""
+    from hydra import compose
+    from hydra.errors import MissingConfigException
+
+    benchmarks = OmegaConf.create({})
+    for name in names:
+        try:
+            benchmarks[name] = compose(config_name="eval", overrides=[f"eval=[{name}]"]).eval[name]
+        except MissingConfigException:
+            log.info("benchmark %s: no configs/eval/%s.yaml; using the checkpoint's own definition", name, name)
+    return benchmarks
+
+
 def _run_config(cfg: DictConfig, checkpoint_config: dict[str, Any]) -> DictConfig:
+    """The checkpoint's training config with this run's paths and benchmarks (``eval=[...]`` or, when empty, the
+    current definitions of the benchmarks it was trained with)."""
     run_cfg = OmegaConf.create(checkpoint_config)
+    # benchmarks resolve their ${paths...}/${data...} references against the training config + these paths
+    run_cfg.paths = cfg.paths
     if cfg.get("eval"):
-        # new benchmarks resolve their ${paths...}/${data...} references against the training config + these paths
-        run_cfg.paths = cfg.paths
-        OmegaConf.update(run_cfg, "eval", OmegaConf.to_container(cfg.eval), merge=False)
+        benchmarks = OmegaConf.to_container(cfg.eval)
+    else:
+        trained_with = run_cfg.get("eval") or {}
+        current = _current_benchmarks(list(trained_with.keys()))
+        benchmarks = {name: OmegaConf.to_container(current[name] if name in current else trained_with[name])
+                      for name in trained_with}
+    OmegaConf.update(run_cfg, "eval", benchmarks, merge=False)
     return run_cfg
 
 
@@ -134,7 +171,10 @@ def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str]) -> tu
         encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name, checkpoint=str(path)
     )
     params_m = sum(p.numel() for p in encoder.parameters()) / 1e6
-    return ModelResult(name, metrics, params_m, f"checkpoint {path}"), prepared
+    budget = comparable_signature(meta)
+    notes = (f"checkpoint {path}; {budget['max_epochs']} epochs, {budget['n_points']} points, batch "
+             f"{budget['batch_size']}, seed {budget['seed']}")
+    return ModelResult(name, metrics, params_m, notes), prepared
 
 
 def evaluate_baseline(cfg: DictConfig, name: str, prepared: Prepared) -> ModelResult:

@@ -127,6 +127,15 @@ def test_run_benchmarks_writes_results_pngs_and_tensorboard(tmp_path, toy):
         assert "L2 weight chosen on val" in text, name
     assert "linear probe Top-1" in (out / "results.md").read_text()
     assert json.loads((out / "selection.json").read_text())["linear_probe"]["l2"] in (1e-3, 1e-1)
+    # per-category breakdown: zero-shot recall per class (mean over classes = class-mean top-1) and retrieval
+    per_cat = json.loads((out / "per_category.json").read_text())
+    zs = per_cat["zeroshot/top1"]
+    assert set(zs) <= set(col.categories) and abs(sum(zs.values()) / len(zs) - metrics["toy"]["zeroshot/class_mean_top1"]) < 1e-6
+    paper = per_cat["retrieval/nobg/paper"]
+    n_pairs = sum(row["num_pairs"] for row in paper.values())
+    weighted = sum(row["i2s_top1"] * row["num_pairs"] for row in paper.values()) / n_pairs
+    assert abs(weighted - metrics["toy"]["retrieval/nobg/paper/i2s_top1"]) < 1e-6
+    assert set(per_cat) >= {"retrieval/bg/paper", "retrieval/nobg/gallery", "retrieval/bg/gallery"}
     for png in ("confusion_matrix.png", "retrieval_examples_nobg.png", "retrieval_examples_bg.png"):
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.width > 60 and img.height > 60, png

@@ -22,6 +22,8 @@ import torch
 
 from captionless3d.errors import CheckpointError
 from captionless3d.models import build_point_encoder, create_encoder
+from fixtures.formats import ulip_checkpoint
+
 from captionless3d.models.weights import (
     checkpoint_in_channels,
     convert_state_dict,
@@ -54,29 +56,6 @@ def _points(seed: int = 1, b: int = 2) -> torch.Tensor:
     return torch.rand(b, N_POINTS, 3, generator=g) * 2 - 1
 
 
-def _ulip_checkpoint(model, *, clip_towers: bool = True) -> dict:
-    """ULIP ``main.py`` checkpoint of ``ULIP_PN_NEXT`` whose point encoder has ``model``'s weights (final bias 0)."""
-    sd = model.state_dict()
-    final = [k for k in sd if k.startswith("head.head.") and k.endswith("0.weight") and k.count(".") == 4][-1]
-    final_prefix = final[: -len("0.weight")]
-    state = {}
-    for k, v in sd.items():
-        if k.startswith("encoder."):
-            state["module.point_encoder.encoder." + k[len("encoder."):]] = v.clone()
-        elif k.startswith("head.head.") and not k.startswith(final_prefix):
-            state["module.point_encoder.prediction." + k[len("head."):]] = v.clone()
-    state["module.pc_projection"] = sd[final].t().contiguous().clone()
-    if clip_towers:
-        state["module.logit_scale"] = torch.tensor(2.6592)
-        state["module.image_projection"] = torch.randn(768, 512)
-        state["module.text_projection"] = torch.randn(512, 512)
-        state["module.token_embedding.weight"] = torch.randn(10, 512)
-        state["module.transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(12, 4)
-        state["module.visual.blocks.0.norm1.weight"] = torch.randn(4)
-    return {"epoch": 3, "state_dict": state, "optimizer": {"state": {}, "param_groups": []},
-            "scaler": {"scale": 65536.0}, "best_acc1": 60.4, "args": argparse.Namespace(model="ULIP_PN_NEXT")}
-
-
 def _openpoints_checkpoint(model) -> dict:
     """OpenPoints ``save_checkpoint`` of a ``BaseCls`` with ``model``'s weights."""
     state = {}
@@ -100,7 +79,7 @@ def ulip_source():
 # ----------------------------------------------------------------------------------------------------- ULIP
 def test_ulip_checkpoint_file_loads_exactly(tmp_path, ulip_source):
     path = tmp_path / "checkpoint_best.pt"
-    torch.save(_ulip_checkpoint(ulip_source), path)
+    torch.save(ulip_checkpoint(ulip_source), path)
     sd = read_checkpoint(path)  # weights_only load, with ULIP's argparse.Namespace allowed
     assert detect_layout(sd) == "ulip"
     assert checkpoint_in_channels(sd) == 4
@@ -118,15 +97,15 @@ def test_ulip_checkpoint_file_loads_exactly(tmp_path, ulip_source):
 def test_ulip_in_channels_mismatch_says_what_to_do(ulip_source):
     model = build_point_encoder("pointnext_s", in_channels=3)
     with pytest.raises(CheckpointError, match=r"in_channels=4 \(ULIP: xyz \+ height\).*in_channels=4"):
-        load_pretrained(model, _ulip_checkpoint(ulip_source))
+        load_pretrained(model, ulip_checkpoint(ulip_source))
 
 
 def test_ulip_projection_to_other_embed_dim_needs_head_hidden(ulip_source):
     model = _randomise(build_point_encoder("pointnext_s", in_channels=4, embed_dim=128), seed=5)
     with pytest.raises(CheckpointError, match="head='hidden'"):
-        load_pretrained(model, _ulip_checkpoint(ulip_source))
+        load_pretrained(model, ulip_checkpoint(ulip_source))
     before = model.head.head[-1][0].weight.clone()
-    report = load_pretrained(model, _ulip_checkpoint(ulip_source), head="hidden")
+    report = load_pretrained(model, ulip_checkpoint(ulip_source), head="hidden")
     assert "pc_projection" in report.ignored
     assert torch.equal(model.head.head[-1][0].weight, before)  # own projection kept
     sd_src, sd = ulip_source.state_dict(), model.state_dict()
@@ -194,7 +173,7 @@ def test_own_lightning_checkpoint_layout(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- errors
 def test_truncated_checkpoint_lists_missing_keys(ulip_source):
-    ckpt = _ulip_checkpoint(ulip_source)
+    ckpt = ulip_checkpoint(ulip_source)
     dropped = [k for k in ckpt["state_dict"] if k.startswith("module.point_encoder.encoder.encoder.5.")]
     for k in dropped:
         del ckpt["state_dict"][k]
@@ -210,14 +189,14 @@ def test_wrong_architecture_lists_missing_and_unexpected(ulip_source):
     big = build_point_encoder("pointnext_b", in_channels=4)  # 5 stages with InvResMLP blocks
     model = build_point_encoder("pointnext_s", in_channels=4)
     with pytest.raises(CheckpointError) as info:
-        load_pretrained(model, _ulip_checkpoint(big))
+        load_pretrained(model, ulip_checkpoint(big))
     msg = str(info.value)
     assert "missing keys (" in msg and "unexpected keys (" in msg
     assert "point_encoder.encoder.encoder.1.1.convs.convs.0.0.weight" in msg or "shape mismatches" in msg
 
 
 def test_extra_key_inside_point_encoder_is_unexpected(ulip_source):
-    ckpt = _ulip_checkpoint(ulip_source)
+    ckpt = ulip_checkpoint(ulip_source)
     ckpt["state_dict"]["module.point_encoder.encoder.encoder.9.0.convs.0.0.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): point_encoder.encoder.encoder.9.0"):
         load_pretrained(build_point_encoder("pointnext_s", in_channels=4), ckpt)
@@ -227,7 +206,7 @@ def test_unreadable_and_unrecognised_files(tmp_path, ulip_source):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pt")
     good = tmp_path / "good.pt"
-    torch.save(_ulip_checkpoint(ulip_source, clip_towers=False), good)
+    torch.save(ulip_checkpoint(ulip_source, clip_towers=False), good)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # interrupted download
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):

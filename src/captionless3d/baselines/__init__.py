@@ -2,6 +2,7 @@
 (:func:`captionless3d.evaluation.runner.evaluate_encoder`) as the trained student.
 
 - :mod:`captionless3d.baselines.pointclip`: PointCLIP (Zhang et al., CVPR 2022), zero-shot multi-view depth maps.
+- :mod:`captionless3d.baselines.pretrained`: released ULIP / OpenPoints PointNeXt checkpoints.
 """
 from captionless3d.baselines.pointclip import (
     DEFAULT_VIEW_ANGLES,
@@ -10,5 +11,13 @@ from captionless3d.baselines.pointclip import (
     view_bases,
     with_prompt_template,
 )
+from captionless3d.baselines.pretrained import create_pretrained_encoder
 
-__all__ = ["DEFAULT_VIEW_ANGLES", "PointCLIPEncoder", "create_pointclip", "view_bases", "with_prompt_template"]
+__all__ = [
+    "DEFAULT_VIEW_ANGLES",
+    "PointCLIPEncoder",
+    "create_pointclip",
+    "create_pretrained_encoder",
+    "view_bases",
+    "with_prompt_template",
+]

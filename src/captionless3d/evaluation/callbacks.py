@@ -135,6 +135,7 @@ def run_benchmarks(
             confusion = metrics.pop("_confusion_matrix", None)
             chance = metrics.pop("_chance", {})
             selection = metrics.pop("_selection", {})
+            per_category = metrics.pop("_per_category", {})
             embeddings = metrics.pop("_embeddings", None)
             for key in [k for k in metrics if k.startswith("_")]:
                 metrics.pop(key)
@@ -145,6 +146,8 @@ def run_benchmarks(
                 confusion_png = save_confusion_png(confusion, list(bench.collection.categories), bench_dir / "confusion_matrix.png")
             if selection:
                 atomic_write_json(bench_dir / "selection.json", selection)
+            if per_category:
+                atomic_write_json(bench_dir / "per_category.json", per_category)
             protocols = runner.get("protocols", ("zeroshot", "retrieval"))
             protocol = (
                 f"{describe_protocol([p for p in KNOWN_PROTOCOLS if p in protocols])} runner: {bench.runner}. "

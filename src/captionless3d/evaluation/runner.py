@@ -200,7 +200,11 @@ def evaluate_encoder(
                 f"encoder outputs {shape_emb.shape[1]}-d embeddings but the teacher's text embeddings are "
                 f"{prompt_emb.shape[1]}-d: the checkpoint was trained for another teacher"
             )
-    metrics: dict[str, Any] = {"_chance": {"zeroshot/top1": 100.0 / len(categories)}, "_selection": {}}
+    metrics: dict[str, Any] = {
+        "_chance": {"zeroshot/top1": 100.0 / len(categories)},
+        "_selection": {},
+        "_per_category": {},  # {protocol key: {category: value or {metric: value}}} (percent)
+    }
     embeddings: dict[str, Any] = {"test_index": index, "shape_emb": shape_emb, "image_emb": {}}
     if "zeroshot" in protocols:
         labels = torch.from_numpy(all_labels[index].astype(np.int64))
@@ -208,6 +212,10 @@ def evaluate_encoder(
             zs = zero_shot_metrics(shape_emb, classifier, labels)
             prefix = "zeroshot" if name == "single" else f"zeroshot_{name}"
             metrics.update(zeroshot_keys(zs, prefix=prefix))
+            per_class = zs["per_class_top1"].tolist()
+            metrics["_per_category"][f"{prefix}/top1"] = {
+                c: v for c, v in zip(categories, per_class) if v == v  # NaN: no test sample of that class
+            }
             if name == "single" or "_confusion_matrix" not in metrics:
                 metrics["_confusion_matrix"] = zs.get("confusion_matrix")
 
@@ -234,6 +242,8 @@ def evaluate_encoder(
                 image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories, shape_categories=gallery_categories
             )
             metrics.update(gallery_keys(gallery, domain))
+            metrics["_per_category"][f"retrieval/{domain}/paper"] = paper.get("per_category", {})
+            metrics["_per_category"][f"retrieval/{domain}/gallery"] = gallery.get("per_category", {})
             embeddings["image_emb"][domain] = image_emb
         embeddings.update(pair_objects=pair_objects, pair_photos=np.tile(np.arange(n_photos), len(index)),
                           pair_shape_ids=shape_of[pair_objects],
