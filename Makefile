@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install test train eval bench clean
+.PHONY: install test train eval bench demo clean
 
 install:  ## one command: fresh virtual environment + package + test tools
 	python3 -m venv .venv
@@ -22,6 +22,10 @@ eval:  ## one table, a row per model: the newest best.ckpt of every experiment +
 BENCH_ARGS ?=
 bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for small sizes)
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+DEMO_ARGS ?=
+demo:  ## local demo page on http://127.0.0.1:8765 for the newest best.ckpt (make demo DEMO_ARGS="--ckpt C --port 8000")
+	$(PY) -m captionless3d.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
