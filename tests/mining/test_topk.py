@@ -64,16 +64,89 @@ def test_random_float_matches_bruteforce(metric):
     assert (i == bi).float().mean() > 0.999  # float32 vs float64 rounding may swap a near-tie
 
 
-@pytest.mark.parametrize("direct", [0.0, 0.25, 10.0])  # always / sometimes / never screen entries directly
-def test_block_size_invariance(direct, monkeypatch):
+@pytest.mark.parametrize("slack,cluster", [(1.0, False), (0.05, True), (3.0, True)])
+def test_block_size_invariance(slack, cluster, monkeypatch):
+    """Same keys for any block size / chunk / slack (frequent or rare threshold refreshes) / row order."""
     import captionless3d.mining.topk as topk_mod
 
-    monkeypatch.setattr(topk_mod, "_DIRECT", direct)
+    monkeypatch.setattr(topk_mod, "_SLACK", slack)
+    monkeypatch.setattr(topk_mod, "_ORDER_MIN_BLOCKS", 2 if cluster else 10**9)
     x = tied_data(200, 5, seed=3)
     ref = topk_similar(x, 9, block_size=200, metric="ip", progress=False)
-    for bs in (7, 13, 64, 199):
-        out = topk_similar(x, 9, block_size=bs, metric="ip", progress=False, chunk=4)
+    for bs, chunk in ((7, 4), (13, 1), (64, 16), (199, 8)):
+        out = topk_similar(x, 9, block_size=bs, metric="ip", progress=False, chunk=chunk)
         assert torch.equal(out[1], ref[1]) and torch.equal(out[0], ref[0])
+
+
+def quantised_data(n, d, seed, levels=3):
+    """Dyadic coordinates with few levels plus many duplicated rows: huge tie groups at every threshold."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-levels, levels + 1, (n, d), generator=g).float() / 4
+    dup = torch.randint(0, n, (n // 3,), generator=g)
+    x[torch.randint(0, n, (n // 3,), generator=g)] = x[dup]
+    return x
+
+
+@pytest.mark.parametrize(
+    "n,d,k,bs,chunk",
+    [
+        (600, 4, 16, 64, 8),  # thresholds screened by chunk maxima, seeds from the chunk-max bound
+        (600, 3, 40, 48, 4),  # k > chunks per block: seeds take every entry
+        (130, 4, 128, 32, 16),  # k = N - 2: almost every pair survives
+        (97, 2, 96, 20, 4),  # k = N - 1 (exclude_self), blocks with a ragged tail
+    ],
+)
+@pytest.mark.parametrize("cluster,tiled", [(False, False), (True, False), (True, True), (False, True)])
+def test_screening_exact_with_massive_ties(n, d, k, bs, chunk, cluster, tiled, monkeypatch):
+    """The screened paths equal the brute force (values and indices, ties by the smaller index) when the k-th
+    value is shared by many rows (duplicates, quantised values) and with k close to N; natural or clustered order,
+    off-diagonal blocks by separate row/column chunk screening or by joint tile screening."""
+    import captionless3d.mining.topk as topk_mod
+
+    monkeypatch.setattr(topk_mod, "_ORDER_MIN_BLOCKS", 2 if cluster else 10**9)
+    monkeypatch.setattr(topk_mod, "_TILED_MAX", 1.0 if tiled else -1.0)
+    monkeypatch.setattr(topk_mod, "_SLACK", 0.25)  # frequent compactions: thresholds tight, many exact ties
+    x = quantised_data(n, d, seed=n + k)
+    for metric in ("ip", "cosine"):
+        v, i = topk_similar(x, k, block_size=bs, metric=metric, progress=False, chunk=chunk)
+        bv, bi = brute(x, k, metric)
+        if metric == "ip":  # dyadic data: every ip score is exact in float32, so the order must match bit for bit
+            assert torch.equal(i, bi)
+            assert torch.equal(v, bv)
+        else:  # cosine rounds: compare the sets of near-tie-free rows and the values
+            torch.testing.assert_close(v, bv, atol=1e-6, rtol=1e-6)
+
+
+def test_cluster_order_is_a_permutation_and_exact(monkeypatch):
+    import captionless3d.mining.topk as topk_mod
+
+    x = torch.randn(1000, 16, generator=torch.Generator().manual_seed(5))
+    x[500:] = x[:500] + 0.01  # near-duplicate pairs far apart in index
+    blocks = topk_mod._Blocks(x, "cosine", torch.device("cpu"))
+    order = topk_mod._cluster_order(blocks, 1000, 100)
+    assert order is not None and np.array_equal(np.sort(order), np.arange(1000))
+    for s in range(0, 1000, 100):
+        assert np.all(np.diff(order[s : s + 100]) > 0)  # ascending within each block
+    v, i = topk_similar(x, 5, block_size=100, metric="ip", progress=False)
+    bv, bi = brute(x, 5, "ip")
+    torch.testing.assert_close(v, bv, atol=1e-5, rtol=1e-5)
+    assert (i == bi).float().mean() > 0.999
+
+
+def test_thread_choices_do_not_change_results_and_are_restored(monkeypatch):
+    """The thread tuner (probing every call here) and the one-thread screening only change speed; the caller's
+    intra-op thread count is restored."""
+    import captionless3d.mining.topk as topk_mod
+
+    x = quantised_data(400, 4, seed=11)
+    ref = topk_similar(x, 12, block_size=64, metric="ip", progress=False, chunk=8)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(topk_mod, "_PROBE", 1)
+    for screen_threads in (0, 1):
+        monkeypatch.setattr(topk_mod, "_SCREEN_THREADS", screen_threads)
+        out = topk_similar(x, 12, block_size=64, metric="ip", progress=False, chunk=8)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+        assert torch.get_num_threads() == before
 
 
 def test_pack_roundtrip_and_order():
