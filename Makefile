@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install test train eval bench demo clean
+.PHONY: install test train eval bench demo reproduce reproduce-quick clean
 
 install:  ## one command: fresh virtual environment + package + test tools
 	python3 -m venv .venv
@@ -22,6 +22,13 @@ eval:  ## one table, a row per model: the newest best.ckpt of every experiment +
 BENCH_ARGS ?=
 bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for small sizes)
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+REPRO_ARGS ?=
+reproduce:  ## the 5-variant x 3-seed synthetic table, one multirun (~40 min on 2 CPU cores, warm caches); REPRO_ARGS="--write-doc docs/x.md"
+	$(PY) scripts/reproduce_table.py --preset full $(REPRO_ARGS)
+
+reproduce-quick:  ## baseline vs AVG, one seed (~3 min with warm caches, <10 min cold)
+	$(PY) scripts/reproduce_table.py --preset quick $(REPRO_ARGS)
 
 DEMO_ARGS ?=
 demo:  ## local demo page on http://127.0.0.1:8765 for the newest best.ckpt (make demo DEMO_ARGS="--ckpt C --port 8000")
