@@ -48,7 +48,11 @@ def test_real_checkpoint_loads_classifies_indexes_and_exports(trained, tmp_path,
     assert main(["index", str(shapes), "--ckpt", str(ckpt), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
     assert main(["search", "--points", str(shapes / "s3.npy"), "--index", str(tmp_path / "idx"), "-k", "2"]) == 0
     out = capsys.readouterr().out
-    assert "indexed 6 shapes" in out and out.strip().splitlines()[-2].split()[-1] == "s3.npy"
+    assert "indexed 6 shapes" in out
+    rows = [line.split() for line in out.strip().splitlines()[-2:]]
+    scores = {path: float(score) for _, score, path in rows}
+    # the query itself is among the top 2 at the top score (a fast-dev student may tie other shapes with it)
+    assert "s3.npy" in scores and scores["s3.npy"] == pytest.approx(max(scores.values()), abs=1e-4)
     assert main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
     card = (tmp_path / "onnx" / "model_card.md").read_text()
     assert "zeroshot/top1" in card  # the run's summary.json results made it into the card

@@ -99,3 +99,50 @@ def test_background_swap_replaces_only_white_background_of_flagged_renders():
     assert torch.equal(out[2], x[2])  # not flagged: untouched
     assert torch.equal(out[:, :, 2:6, 2:6], x[:, :, 2:6, 2:6])  # object pixels untouched
     assert (out[[0, 1, 3], :, 0, 0] < 0.98).all()  # background replaced
+
+
+def test_other_domain_pairs_a_render_with_a_photo_and_a_photo_with_a_render():
+    rng = np.random.default_rng(0)
+    view = np.array([0, 7, 8, 11, 3, 9] * 50)
+    other = syn._other_domain(view, render_views=8, k=12, rng=rng)
+    assert ((view < 8) == (other >= 8)).all()
+    assert (other >= 0).all() and (other < 12).all()
+    assert set(other[view < 8]) == {8, 9, 10, 11} and set(other[view >= 8]) == set(range(8))
+
+
+def test_masked_photos_are_appended_with_a_black_background(fake_collection):
+    plain, _ = syn.teacher_training_data(fake_collection)
+    images, _ = syn.teacher_training_data(fake_collection, masked_photos=True)
+    v, k = fake_collection.v, fake_collection.k
+    assert images.shape[1] == v + 2 * k
+    np.testing.assert_array_equal(images[:, : v + k], plain)
+    idx = fake_collection.indices("teacher")
+    masks = fake_collection.masks[idx]
+    masked = images[:, v + k :]
+    assert (masked[~masks] == 0).all()
+    np.testing.assert_array_equal(masked[masks], fake_collection.photos[idx][masks])
+
+
+def test_cross_domain_term_trains_and_changes_the_manifest_key(fake_collection, tmp_path):
+    base = dict(model_config=MICRO, model_name="micro-syn", epochs=1, batch_size=4, max_steps=2, progress=False)
+    plain = syn.ensure_synthetic_teacher(fake_collection, tmp_path, cross_domain_weight=0.0, masked_photos=False, **base)
+    paired = syn.ensure_synthetic_teacher(fake_collection, tmp_path, cross_domain_weight=1.0, masked_photos=True, **base)
+    dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(dirs) == 2 and plain.id != paired.id
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]
+    trains = sorted((m["extra"]["train"]["cross_domain_weight"], m["extra"]["images_per_object"]) for m in manifests)
+    v, k = fake_collection.v, fake_collection.k
+    assert trains == [(0.0, v + k), (1.0, v + 2 * k)]
+    # two images per object and step with the cross-domain term
+    seen = sorted(m["extra"]["images_seen"] for m in manifests)
+    assert seen[1] == 2 * seen[0]
+
+
+def test_cross_domain_term_needs_both_domains(tmp_path):
+    imgs = np.zeros((4, 3, 32, 32, 3), np.uint8)
+    with pytest.raises(ConfigError, match="cross_domain_weight"):
+        syn.train_synthetic_teacher(imgs, [["a"]] * 4, tmp_path, model_config=MICRO, cross_domain_weight=1.0,
+                                    render_views=3, progress=False)
+    with pytest.raises(ConfigError, match="cross_domain_weight"):
+        syn.train_synthetic_teacher(imgs, [["a"]] * 4, tmp_path, model_config=MICRO, cross_domain_weight=-1.0,
+                                    render_views=2, progress=False)
