@@ -9,8 +9,8 @@ experiment=... seed=...``), then merges the runs with ``scripts/compare.py`` int
 over seeds) and the same-category retrieval breakdown (each query ranks only shapes / photos of its own category),
 both with a row of chance levels computed from the test split the runs were evaluated on.
 
-Presets (:data:`PRESETS`): ``quick`` (a smoke-level check, ≈ 3 min with warm caches) and ``full`` (the 5-variant ×
-3-seed table, ≈ 40 min with warm caches on the 2-core CPU machine). Extra Hydra overrides are passed through to every
+Presets (:data:`PRESETS`): ``quick`` (a smoke-level check, 4.5 min measured with a warm world and teacher) and ``full`` (the 5-variant ×
+3-seed table, 54 min measured with warm caches on the 2-core CPU machine). Extra Hydra overrides are passed through to every
 run and win over the preset's values (e.g. ``trainer.max_epochs=2``); everything containing ``=`` (or starting with
 ``~``), and everything after ``--``, is an override. Variants and seeds are chosen with ``--variants`` / ``--seeds``,
 not with ``experiment=`` / ``seed=``.
@@ -95,7 +95,7 @@ PRESETS: dict[str, Preset] = {
         seeds=(0,),
         max_epochs=4,
         n_points=256,
-        estimate_min=3.0,  # 2 runs × ≈ 80 s + start-up; cold caches add ≈ 5.5 min (world, teacher, features)
+        estimate_min=4.5,  # measured 4:29 (2 runs, features re-extracted); a cold teacher adds ≈ 10 min
         budget_min=10.0,
     ),
     "full": Preset(
@@ -105,7 +105,7 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1, 2),
         max_epochs=8,
         n_points=256,
-        estimate_min=40.0,  # 15 runs × ≈ 150 s + start-up; the CPU is shared, so ≈ 1.5× that is within the budget
+        estimate_min=55.0,  # measured 54:22 on the shared 2-core machine (mean 216 s per run)
         budget_min=60.0,
     ),
 }
