@@ -159,3 +159,11 @@ def test_missing_data_directory_names_the_path(tmp_path):
     proc = _run("captionless3d.train", args, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert str(tmp_path / "no_data") in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_logger_none_trains_without_a_logger(trained):
+    root, _ = trained
+    proc = _run("captionless3d.train", [*TINY, "experiment=baseline", "logger=none"], root)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    (run_dir,) = (root / "outputs" / "train" / "runs" / "baseline").iterdir()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "summary.json").is_file()

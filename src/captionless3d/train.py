@@ -74,6 +74,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if hasattr(callback, "attach_benchmarks"):
             callback.attach_benchmarks(prepared.benchmarks)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    if not loggers:  # logger=none: Lightning's LearningRateMonitor refuses to run without a logger
+        kept = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+        if len(kept) != len(callbacks):
+            log.info("logger=none: leaving out the learning-rate monitor (it needs a logger)")
+        callbacks = kept
     trainer: L.Trainer = instantiate(cfg.trainer, key="trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
