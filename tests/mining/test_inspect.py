@@ -63,3 +63,19 @@ def test_cli(tiny, tmp_path, capsys):
     assert isinstance(load_prior(tmp_path / "dn"), PriorStore)
     with pytest.raises(CacheError):
         load_prior(tmp_path / "nothing")
+
+
+def test_a_failed_png_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "h.png"
+    histogram_png(np.random.default_rng(0).random(100), path, bins=10)
+    before = path.read_bytes()
+
+    def broken_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as handle:
+            handle.write(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(CacheError, match="h.png"):
+        histogram_png(np.random.default_rng(1).random(100), path, bins=10)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["h.png"]

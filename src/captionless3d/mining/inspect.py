@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from captionless3d.errors import CacheError, ConfigError, DataError
+from captionless3d.utils.atomic import atomic_write_with
 
 __all__ = ["load_prior", "hard_negatives", "prior_values", "histogram_png", "negatives_grid_png", "main"]
 
@@ -119,7 +120,7 @@ def histogram_png(values: np.ndarray, path: str | Path, *, bins: int = 50, title
     draw.text((4, mt), str(top), fill="black")
     draw.text((4, mt + ph - 10), "0", fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))
     return {"counts": counts, "edges": edges}
 
 
@@ -159,7 +160,7 @@ def negatives_grid_png(
             img.paste(tile(j), (c * cell, y))
             draw.text((c * cell + 2, y + cell), f"#{j} l={l:.3f}", fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))
     return img.size
 
 
