@@ -64,12 +64,13 @@ SYNTHETIC_CLIP_TINY: dict[str, Any] = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3, "mlp_ratio": 4.0},
 }
 
-#: Training defaults for the default synthetic world (960 teacher objects, 16 categories, 64x64), about 9 min on the
-#: 2-core CPU (76.8k images). Tuning: batch 32 beat 64 at equal compute (59% vs 50% view zero-shot category), word
-#: dropout 0.5 beat none (50% vs 41%), drawing photos half the time hurt views (27%) without helping photos. The
-#: cross-domain pair term (photo/render retrieval R@1, masked photos, 320 test objects, chance 0.3%): weight 1.0 at
-#: 20 epochs 10.9% (renders 28% zero-shot), 0.5 at 30 epochs 17.5% (47%), 0.25 at 30 epochs 16.7% (53%), 0.5 at 40
-#: epochs 20.8% (53%), 0.25 at 40 epochs 19.2% (58%, the default); a twice-as-wide image tower (width 48) at 20 epochs was worse (9.1%, 25%) and 3x slower.
+#: Training defaults for the default synthetic world (960 teacher objects, 16 categories, 64x64): 76.8k images, 598 s
+#: measured with one thread on the shared 2-core CPU. Tuning: batch 32 beat 64 at equal compute (59% vs 50% view
+#: zero-shot category), word dropout 0.5 beat none (50% vs 41%), drawing photos half the time hurt views (27%)
+#: without helping photos. The cross-domain pair term (masked photo -> object R@1 over 320 test objects, chance
+#: 0.3%; render zero-shot in brackets): weight 1.0 at 20 epochs 10.9% (28%), 0.5 at 30 epochs 17.5% (47%), 0.25 at
+#: 30 epochs 16.7% (53%), 0.5 at 40 epochs 20.8% (53%), 0.25 at 40 epochs 19.2% (58%, the default); a twice-as-wide
+#: image tower (width 48) at 20 epochs was worse (9.1%, 25%) and 3x slower.
 DEFAULT_TRAIN: dict[str, Any] = {
     "epochs": 40,
     "batch_size": 32,
