@@ -716,8 +716,7 @@ def doc_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: s
 def write_text(path: Path, text: str) -> None:
     from captionless3d.utils.atomic import atomic_write_bytes
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))  # creates the parent directory
 
 
 # ---------------------------------------------------------------------------------------------------------------------

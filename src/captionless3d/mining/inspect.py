@@ -119,8 +119,7 @@ def histogram_png(values: np.ndarray, path: str | Path, *, bins: int = 50, title
         draw.text((x - 15, mt + ph + 8), f"{lo + (hi - lo) * frac:.3f}", fill="black")
     draw.text((4, mt), str(top), fill="black")
     draw.text((4, mt + ph - 10), "0", fill="black")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))  # creates the parent directory
     return {"counts": counts, "edges": edges}
 
 
@@ -159,8 +158,7 @@ def negatives_grid_png(
         for c, (j, l) in enumerate(negs, start=1):
             img.paste(tile(j), (c * cell, y))
             draw.text((c * cell + 2, y + cell), f"#{j} l={l:.3f}", fill="black")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write_with(path, lambda tmp: img.save(tmp, format="PNG"))  # creates the parent directory
     return img.size
 
 

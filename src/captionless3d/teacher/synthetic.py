@@ -394,8 +394,8 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
             view = rng.choice(k, size=len(idx), p=probs) if probs is not None else rng.integers(0, k, size=len(idx))
             text = tokenizer([_sample_caption(cap_lists[i], rng, prefix_prob, word_dropout) for i in idx])
             x = flat[torch.from_numpy(idx), torch.from_numpy(view)].permute(0, 3, 1, 2).float().div_(255.0)
-            if hparams.get("background_swap", 0.0) > 0 and hparams.get("render_views", 0) > 0:
-                is_render = torch.from_numpy(view < hparams["render_views"])
+            if hparams.get("background_swap", 0.0) > 0 and render_views > 0:
+                is_render = torch.from_numpy(view < render_views)
                 swap = is_render & (torch.rand(len(idx), generator=gen) < hparams["background_swap"])
                 x = _swap_white_background(x, swap, gen)
             if cross_domain > 0:
@@ -404,15 +404,12 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
             if augment:
                 x = _augment(x, gen)
             x = (x - mean) / std
+            img_f, txt_f, scale = model(x, text)
             if cross_domain > 0:
-                img_f = model.encode_image(x, normalize=True)
-                txt_f = model.encode_text(text, normalize=True)
-                scale = model.logit_scale.exp()
                 first, second = img_f.chunk(2)
                 loss = 0.5 * (loss_fn(first, txt_f, scale) + loss_fn(second, txt_f, scale)) \
                     + cross_domain * loss_fn(first, second, scale)
             else:
-                img_f, txt_f, scale = model(x, text)
                 loss = loss_fn(img_f, txt_f, scale)
             if not torch.isfinite(loss):
                 from captionless3d.errors import NumericalError
