@@ -146,3 +146,9 @@ def test_cross_domain_term_needs_both_domains(tmp_path):
     with pytest.raises(ConfigError, match="cross_domain_weight"):
         syn.train_synthetic_teacher(imgs, [["a"]] * 4, tmp_path, model_config=MICRO, cross_domain_weight=-1.0,
                                     render_views=2, progress=False)
+
+
+def test_masked_photos_without_masks_is_a_clear_error(fake_collection):
+    fake_collection.masks = None
+    with pytest.raises(DataError, match="fake: masked_photos needs photo masks"):
+        syn.teacher_training_data(fake_collection, masked_photos=True)
