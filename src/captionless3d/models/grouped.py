@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .ops import flat_index, single_thread
+from .ops import batch_parts, flat_index, hot_loop_workers, run_parts, single_thread
 
 __all__ = ["grouped_mlp_max", "supports", "CHUNK_ELEMS"]
 
@@ -111,6 +111,12 @@ class _ColumnStats:
         self.ss += torch.mv(d.mul_(d).t(), ones[:rows]).double()
         self.n += rows
 
+    @staticmethod
+    def total(parts: "list[_ColumnStats]") -> tuple[Tensor, Tensor]:
+        """Unshifted float64 ``(sum, sum of squares)`` over several accumulators (added in list order)."""
+        sums = [p.sums() for p in parts if p.n]
+        return _sum_in_order([s for s, _ in sums]), _sum_in_order([ss for _, ss in sums])
+
     def sums(self) -> tuple[Tensor, Tensor]:
         """(sum, sum of squares) of the *unshifted* data, float64."""
         c = self.shift.double()
@@ -119,14 +125,66 @@ class _ColumnStats:
         return s, ss
 
 
+def _bn1_sums(u2: Tensor, v2: Tensor, fn: Tensor, cnt: Tensor, parts: list[tuple[int, int]], cm: int) -> tuple:
+    """float64 ``(sum, sum of squares)`` over all grouped rows of ``h = u[nbr] - v`` without materialising ``h``.
+
+    With ``u~ = u - mean(u)``, ``v~ = v - mean(v)`` and ``c`` the difference of the means,
+    ``sum (h - c) = sum_n cnt_n u~_n - K sum_m v~_m`` and
+    ``sum (h - c)^2 = sum_n cnt_n u~_n^2 - 2 sum_m v~_m . U_m + K sum_m v~_m^2`` where ``U_m = sum_k u~[nbr_mk]`` is
+    the only part that reads the neighbours (a gather and a sum over k, chunk by chunk).
+    """
+    BM, K = fn.shape
+    C1 = u2.shape[1]
+    cu, cv = u2.mean(0), v2.mean(0)
+    ut = (u2 - cu).contiguous()
+    vt = v2 - cv
+    U = torch.empty_like(v2)
+
+    def gather_sums(r0: int, r1: int) -> None:
+        buf = torch.empty(min(cm, r1 - r0) * K, C1, dtype=u2.dtype, device=u2.device)
+        for m0 in range(r0, r1, cm):
+            m1 = min(r1, m0 + cm)
+            g = torch.index_select(ut, 0, fn[m0:m1].reshape(-1), out=buf[: (m1 - m0) * K])
+            torch.sum(g.view(m1 - m0, K, C1), dim=1, out=U[m0:m1])
+
+    run_parts(gather_sums, parts)
+    R = BM * K
+    ut64, vt64, cntd = ut.double(), vt.double(), cnt.double().unsqueeze(1)
+    s = (cntd * ut64).sum(0) - K * vt64.sum(0)
+    ss = (cntd * ut64 * ut64).sum(0) - 2.0 * (vt64 * U.double()).sum(0) + K * (vt64 * vt64).sum(0)
+    c = (cu - cv).double()
+    return s + R * c, ss + 2.0 * c * s + R * c * c
+
+
+def _row_parts(B: int, M: int, workers: int) -> list[tuple[int, int]]:
+    """Ranges of ``B * M`` centre rows, one per worker, aligned to clouds (so scatters into per-source rows of
+    different workers never touch the same row)."""
+    return [(b0 * M, b1 * M) for b0, b1 in batch_parts(B, workers)]
+
+
+def _first_max_over_k(z: Tensor, hit: Tensor, rank: Tensor, out_val: Tensor, out_idx: Tensor) -> None:
+    """``out_val, out_idx = z.max(dim=1)`` for ``z (c, K, C)``, the *first* k on ties (as ``torch.max``).
+
+    ``torch.max(dim)`` with indices runs ~9x slower than ``amax`` on CPU; here the index is the largest of
+    ``(z >= max) * (K - k)`` in uint8 (``rank`` holds ``K - k``, ``hit`` is a bool buffer shaped like ``z``).
+    """
+    K = z.shape[1]
+    torch.amax(z, dim=1, out=out_val)
+    torch.ge(z, out_val.unsqueeze(1), out=hit)
+    first = hit.view(torch.uint8).mul_(rank).amax(dim=1)
+    out_idx.copy_(first).neg_().add_(K)
+    out_idx.clamp_(max=K - 1)  # a NaN row matches nothing: keep the index in range, the value is NaN anyway
+
+
 class _GroupedMLPMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None):  # type: ignore[override]
+        workers = hot_loop_workers()
         with single_thread():
-            return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2)
+            return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, workers)
 
     @staticmethod
-    def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None):
+    def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, workers: int):
         B, N, C1 = u.shape
         _, M, K = nbr.shape
         BM, R = B * M, B * M * nbr.shape[2]
@@ -134,63 +192,66 @@ class _GroupedMLPMax(torch.autograd.Function):
         u2 = u.reshape(B * N, C1).contiguous()
         v2 = v.reshape(BM, C1).contiguous()
         fn = flat_index(nbr, N).reshape(BM, K)
+        cnt = torch.bincount(fn.reshape(-1), minlength=B * N)
         has2 = w2 is not None
         C2 = w2.shape[0] if has2 else C1
         cm = max(1, CHUNK_ELEMS // (K * max(C1, C2)))
-        rows_max = min(cm, BM) * K
-        ones = torch.ones(rows_max, dtype=dtype, device=dev)
-        hbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        parts = _row_parts(B, M, workers)
 
-        def h_chunk(m0: int, m1: int) -> Tensor:
-            rows = (m1 - m0) * K
-            h = torch.index_select(u2, 0, fn[m0:m1].reshape(-1), out=hbuf[:rows]).view(m1 - m0, K, C1)
-            return h.sub_(v2[m0:m1].unsqueeze(1))
-
-        # pass 1: BN1 batch statistics
-        st1 = None
-        if spec1.use_batch:
-            st1 = _ColumnStats(C1, dtype, u.device)
-            for m0 in range(0, BM, cm):
-                st1.add(h_chunk(m0, min(BM, m0 + cm)).view(-1, C1), ones)
-        mean1, invstd1 = _finish_stats(spec1, *(st1.sums() if st1 else (None, None)), R, dtype)
+        # BN1 batch statistics (no pass over the grouped rows beyond one gather-and-sum)
+        sums1 = _bn1_sums(u2, v2, fn, cnt, parts, cm) if spec1.use_batch else (None, None)
+        mean1, invstd1 = _finish_stats(spec1, *sums1, R, dtype)
         sc1 = g1 * invstd1
-        sh1 = b1 - mean1 * sc1
+        ua = torch.addcmul(b1 - mean1 * sc1, u2, sc1)  # BN1 is affine: BN1(u[nbr] - v) = ua[nbr] - va
+        va = v2 * sc1
 
-        # pass 2: activations, (conv2 + BN2 statistics), selection over k
+        # activations, (conv2 + BN2 statistics), selection over k; one worker per slice of the batch
         sel_val = torch.empty(BM, C2, dtype=dtype, device=dev)
         sel_idx = torch.empty(BM, C2, dtype=torch.long, device=dev)
-        abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
         if has2:
             sgn = torch.where(g2 >= 0, 1.0, -1.0).to(dtype)
             flip = bool((g2 < 0).any())
-            st2 = _ColumnStats(C2, dtype, u.device) if spec2.use_batch else None
             w2t = w2.t()
-            zbuf = torch.empty(rows_max, C2, dtype=dtype, device=dev)
-        for m0 in range(0, BM, cm):
-            m1 = min(BM, m0 + cm)
-            rows = (m1 - m0) * K
-            a = torch.addcmul(sh1, h_chunk(m0, m1), sc1, out=abuf[:rows].view(m1 - m0, K, C1))
-            if spec1.act:
-                a.relu_()
+        use_rank = K <= 255
+        rank = torch.arange(K, 0, -1, dtype=torch.uint8, device=dev).view(1, K, 1) if use_rank else None
+
+        def select(r0: int, r1: int) -> _ColumnStats | None:
+            rows_max = min(cm, r1 - r0) * K
+            ones = torch.ones(rows_max, dtype=dtype, device=dev)
+            abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+            st2 = _ColumnStats(C2, dtype, dev) if has2 and spec2.use_batch else None
             if has2:
-                z2d = torch.mm(a.view(-1, C1), w2t, out=zbuf[:rows])
-                if st2 is not None:
-                    st2.add(z2d, ones)
-                z = z2d.view(m1 - m0, K, C2)
-                if flip:
-                    vals, ids = z.mul_(sgn).max(dim=1)
-                    sel_val[m0:m1] = vals.mul_(sgn)
+                zbuf = torch.empty(rows_max, C2, dtype=dtype, device=dev)
+            hit = torch.empty(rows_max, C2, dtype=torch.bool, device=dev) if use_rank else None
+            for m0 in range(r0, r1, cm):
+                m1 = min(r1, m0 + cm)
+                c, rows = m1 - m0, (m1 - m0) * K
+                a = torch.index_select(ua, 0, fn[m0:m1].reshape(-1), out=abuf[:rows]).view(c, K, C1)
+                a.sub_(va[m0:m1].unsqueeze(1))
+                if spec1.act:
+                    a.relu_()
+                if has2:
+                    z2d = torch.mm(a.view(-1, C1), w2t, out=zbuf[:rows])
+                    if st2 is not None:
+                        st2.add(z2d, ones)
+                    z = z2d.view(c, K, C2)
+                    if flip:
+                        z.mul_(sgn)
                 else:
-                    vals, ids = z.max(dim=1)
-                    sel_val[m0:m1] = vals
-            else:
-                vals, ids = a.max(dim=1)
-                sel_val[m0:m1] = vals
-            sel_idx[m0:m1] = ids
-        del hbuf, abuf
+                    z = a
+                if use_rank:
+                    _first_max_over_k(z, hit[:rows].view(c, K, -1), rank, sel_val[m0:m1], sel_idx[m0:m1])
+                else:
+                    torch.max(z, dim=1, out=(sel_val[m0:m1], sel_idx[m0:m1]))
+                if has2 and flip:
+                    sel_val[m0:m1].mul_(sgn)
+            return st2
+
+        stats2 = run_parts(select, parts)
 
         if has2:
-            mean2, invstd2 = _finish_stats(spec2, *(st2.sums() if st2 else (None, None)), R, dtype)
+            sums2 = _ColumnStats.total(stats2) if spec2.use_batch else (None, None)
+            mean2, invstd2 = _finish_stats(spec2, *sums2, R, dtype)
             sc2 = g2 * invstd2
             out = torch.addcmul(b2 - mean2 * sc2, sel_val, sc2)
             if spec2.act:
@@ -198,9 +259,9 @@ class _GroupedMLPMax(torch.autograd.Function):
         else:
             mean2 = invstd2 = None
             out = sel_val
-        ctx.dims = (B, N, M, K, C1, C2, cm)
+        ctx.dims = (B, N, M, K, C1, C2, cm, workers)
         ctx.specs = (spec1.use_batch, spec1.act, has2, spec2.use_batch if has2 else False, spec2.act if has2 else False)
-        ctx.save_for_backward(u2, v2, fn, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2)
+        ctx.save_for_backward(u2, v2, fn, cnt, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2)
         return out.view(B, M, C2)
 
     @staticmethod
@@ -211,9 +272,9 @@ class _GroupedMLPMax(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, gout):
-        B, N, M, K, C1, C2, cm = ctx.dims
+        B, N, M, K, C1, C2, cm, workers = ctx.dims
         batch1, act1, has2, batch2, act2 = ctx.specs
-        u2, v2, fn, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
+        u2, v2, fn, cnt, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors
         BM, R = B * M, B * M * K
         dtype, dev = u2.dtype, u2.device
         gy = gout.reshape(BM, C2).to(dtype)
@@ -230,66 +291,80 @@ class _GroupedMLPMax(torch.autograd.Function):
                 cz = -sc2 * dg2 / R * invstd2  # coefficient of (z - mean2)
                 c0 = -sc2 * db2 / R
                 c0 = c0 - cz * mean2  # dz = dsel + cz * z + c0
-            dw2 = torch.zeros_like(w2)
+                w2_cz = w2.t() * cz.unsqueeze(0)
             gsel = gy * sc2  # dL/dz at the selected rows (sparse part)
         else:
             gsel = gy
 
-        rows_max = min(cm, BM) * K
-        ones = torch.ones(rows_max, dtype=dtype, device=dev)
-        hbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
-        abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
-        tbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
-        dbuf = torch.empty(rows_max, C2, dtype=dtype, device=dev)
-        if has2:
-            dabuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+        # hhat = BN1-normalised h = up[nbr] - vp
+        up = (u2 - mean1) * invstd1
+        vp = v2 * invstd1
         SD = torch.zeros(B * N, C1, dtype=dtype, device=dev)
         Sd = torch.empty(BM, C1, dtype=dtype, device=dev)
         SH = torch.zeros(B * N, C1, dtype=dtype, device=dev) if batch1 else None
         Sh = torch.empty(BM, C1, dtype=dtype, device=dev) if batch1 else None
-        db1 = torch.zeros(C1, dtype=torch.float64, device=dev)
-        dg1 = torch.zeros(C1, dtype=torch.float64, device=dev)
-        for m0 in range(0, BM, cm):
-            m1 = min(BM, m0 + cm)
-            c, rows = m1 - m0, (m1 - m0) * K
-            idx = fn[m0:m1].reshape(-1)
-            h = torch.index_select(u2, 0, idx, out=hbuf[:rows]).view(c, K, C1).sub_(v2[m0:m1].unsqueeze(1))
-            hhat = h.sub_(mean1).mul_(invstd1)
-            a = torch.addcmul(b1, hhat, g1, out=abuf[:rows].view(c, K, C1))
-            if act1:
-                a.relu_()
-            dsel = dbuf[:rows].view(c, K, C2).zero_()
-            dsel.scatter_(1, sel_idx[m0:m1].unsqueeze(1), gsel[m0:m1].unsqueeze(1))
+
+        def part_backward(r0: int, r1: int) -> Tensor | None:
+            rows_max = min(cm, r1 - r0) * K
+            hbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+            abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+            dbuf = torch.empty(rows_max, C2, dtype=dtype, device=dev)
             if has2:
-                a2d = a.view(-1, C1)
-                dz2d = dsel.view(-1, C2)
-                if batch2:  # dz = dsel + cz * (a W2^T) + c0, with a W2^T recomputed
-                    dz2d.add_(c0).addmm_(a2d, w2.t() * cz.unsqueeze(0))
-                dw2.addmm_(dz2d.t(), a2d)
-                d = torch.mm(dz2d, w2, out=dabuf[:rows]).view(c, K, C1)
+                dabuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
+                dw2_p = torch.zeros_like(w2)
             else:
-                d = dsel
-            if act1:
-                d = torch.ops.aten.threshold_backward(d, a, 0.0)
-            d2d = d.reshape(-1, C1)
-            db1 += torch.mv(d2d.t(), ones[:rows]).double()
-            dg1 += torch.mv(torch.mul(d2d, hhat.view(-1, C1), out=tbuf[:rows]).t(), ones[:rows]).double()
-            SD.index_add_(0, idx, d2d)
-            Sd[m0:m1] = d.sum(dim=1)
-            if batch1:
-                SH.index_add_(0, idx, hhat.view(-1, C1))
-                Sh[m0:m1] = hhat.sum(dim=1)
-        db1 = db1.to(dtype)
-        dg1 = dg1.to(dtype)
+                dw2_p = None
+            for m0 in range(r0, r1, cm):
+                m1 = min(r1, m0 + cm)
+                c, rows = m1 - m0, (m1 - m0) * K
+                idx = fn[m0:m1].reshape(-1)
+                hhat = torch.index_select(up, 0, idx, out=hbuf[:rows]).view(c, K, C1).sub_(vp[m0:m1].unsqueeze(1))
+                a = torch.addcmul(b1, hhat, g1, out=abuf[:rows].view(c, K, C1))
+                if act1:
+                    a.relu_()
+                sel, gs = sel_idx[m0:m1].unsqueeze(1), gsel[m0:m1].unsqueeze(1)
+                if has2 and batch2:  # dz = dsel + cz * (a W2^T) + c0, with a W2^T recomputed
+                    dz = torch.addmm(c0, a.view(-1, C1), w2_cz, out=dbuf[:rows]).view(c, K, C2)
+                    dz.scatter_add_(1, sel, gs)
+                else:
+                    dz = dbuf[:rows].view(c, K, C2).zero_().scatter_(1, sel, gs)
+                if has2:
+                    a2d, dz2d = a.view(-1, C1), dz.view(-1, C2)
+                    dw2_p.addmm_(dz2d.t(), a2d)
+                    d = torch.mm(dz2d, w2, out=dabuf[:rows]).view(c, K, C1)
+                else:
+                    d = dz
+                if act1:
+                    torch.ops.aten.threshold_backward.grad_input(d, a, 0.0, grad_input=d)
+                SD.index_add_(0, idx, d.view(-1, C1))
+                torch.sum(d, dim=1, out=Sd[m0:m1])
+                if batch1:
+                    SH.index_add_(0, idx, hhat.view(-1, C1))
+                    torch.sum(hhat, dim=1, out=Sh[m0:m1])
+            return dw2_p
+
+        dw2_parts = run_parts(part_backward, _row_parts(B, M, workers))
+        dw2 = _sum_in_order(dw2_parts) if has2 else None
+        # BN1 parameter gradients from the per-source / per-centre sums: sum_rows d * hhat = SD . up - Sd . vp
+        Sd64 = Sd.double()
+        db1 = Sd64.sum(0).to(dtype)
+        dg1 = ((SD.double() * up.double()).sum(0) - (Sd64 * vp.double()).sum(0)).to(dtype)
         A1 = g1 * invstd1
         if batch1:
-            cnt = torch.bincount(fn.reshape(-1), minlength=B * N).to(dtype).unsqueeze(1)
-            du = (SD - cnt * (db1 / R) - SH * (dg1 / R)) * A1
+            cntf = cnt.to(dtype).unsqueeze(1)
+            du = (SD - cntf * (db1 / R) - SH * (dg1 / R)) * A1
             dv = (Sd - K * (db1 / R) - Sh * (dg1 / R)) * (-A1)
         else:
             du = SD * A1
             dv = Sd * (-A1)
         return (du.view(B, N, C1), dv.view(B, M, C1), None, dg1, db1, dw2, dg2, db2, None, None)
+
+
+def _sum_in_order(xs: list[Tensor]) -> Tensor:
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    return total
 
 
 def grouped_mlp_max(u: Tensor, v: Tensor, nbr: Tensor, blocks: list) -> Tensor:
