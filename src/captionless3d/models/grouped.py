@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .ops import batch_parts, flat_index, hot_loop_workers, run_parts, single_thread
+from .ops import batch_parts, flat_index, hot_loop_workers, run_parts
 
 __all__ = ["grouped_mlp_max", "supports", "CHUNK_ELEMS"]
 
@@ -125,7 +125,7 @@ class _ColumnStats:
         return s, ss
 
 
-def _bn1_sums(u2: Tensor, v2: Tensor, fn: Tensor, cnt: Tensor, parts: list[tuple[int, int]], cm: int) -> tuple:
+def _bn1_sums(u2: Tensor, v2: Tensor, fn: Tensor, cnt: Tensor, parts: list[tuple[int, int, int, int]], cm: int) -> tuple:
     """float64 ``(sum, sum of squares)`` over all grouped rows of ``h = u[nbr] - v`` without materialising ``h``.
 
     With ``u~ = u - mean(u)``, ``v~ = v - mean(v)`` and ``c`` the difference of the means,
@@ -138,28 +138,32 @@ def _bn1_sums(u2: Tensor, v2: Tensor, fn: Tensor, cnt: Tensor, parts: list[tuple
     cu, cv = u2.mean(0), v2.mean(0)
     ut = (u2 - cu).contiguous()
     vt = v2 - cv
-    U = torch.empty_like(v2)
 
-    def gather_sums(r0: int, r1: int) -> None:
+    def part_sums(r0: int, r1: int, n0: int, n1: int) -> tuple[Tensor, Tensor]:
         buf = torch.empty(min(cm, r1 - r0) * K, C1, dtype=u2.dtype, device=u2.device)
+        U = torch.empty(r1 - r0, C1, dtype=u2.dtype, device=u2.device)
         for m0 in range(r0, r1, cm):
             m1 = min(r1, m0 + cm)
             g = torch.index_select(ut, 0, fn[m0:m1].reshape(-1), out=buf[: (m1 - m0) * K])
-            torch.sum(g.view(m1 - m0, K, C1), dim=1, out=U[m0:m1])
+            torch.sum(g.view(m1 - m0, K, C1), dim=1, out=U[m0 - r0 : m1 - r0])
+        u64, v64, c64 = ut[n0:n1].double(), vt[r0:r1].double(), cnt[n0:n1].double().unsqueeze(1)
+        cu64 = c64 * u64
+        s = cu64.sum(0) - K * v64.sum(0)
+        ss = (cu64 * u64).sum(0) - 2.0 * (v64 * U.double()).sum(0) + K * (v64 * v64).sum(0)
+        return s, ss
 
-    run_parts(gather_sums, parts)
+    sums = run_parts(part_sums, parts)
+    s = _sum_in_order([x for x, _ in sums])
+    ss = _sum_in_order([x for _, x in sums])
     R = BM * K
-    ut64, vt64, cntd = ut.double(), vt.double(), cnt.double().unsqueeze(1)
-    s = (cntd * ut64).sum(0) - K * vt64.sum(0)
-    ss = (cntd * ut64 * ut64).sum(0) - 2.0 * (vt64 * U.double()).sum(0) + K * (vt64 * vt64).sum(0)
     c = (cu - cv).double()
     return s + R * c, ss + 2.0 * c * s + R * c * c
 
 
-def _row_parts(B: int, M: int, workers: int) -> list[tuple[int, int]]:
-    """Ranges of ``B * M`` centre rows, one per worker, aligned to clouds (so scatters into per-source rows of
-    different workers never touch the same row)."""
-    return [(b0 * M, b1 * M) for b0, b1 in batch_parts(B, workers)]
+def _row_parts(B: int, N: int, M: int, workers: int) -> list[tuple[int, int, int, int]]:
+    """``(r0, r1, n0, n1)`` per worker: a range of the ``B * M`` centre rows and of the ``B * N`` source rows,
+    aligned to clouds (so scatters into per-source rows of different workers never touch the same row)."""
+    return [(b0 * M, b1 * M, b0 * N, b1 * N) for b0, b1 in batch_parts(B, workers)]
 
 
 def _first_max_over_k(z: Tensor, hit: Tensor, rank: Tensor, out_val: Tensor, out_idx: Tensor) -> None:
@@ -179,9 +183,7 @@ def _first_max_over_k(z: Tensor, hit: Tensor, rank: Tensor, out_val: Tensor, out
 class _GroupedMLPMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None):  # type: ignore[override]
-        workers = hot_loop_workers()
-        with single_thread():
-            return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, workers)
+        return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, hot_loop_workers())
 
     @staticmethod
     def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, workers: int):
@@ -196,7 +198,7 @@ class _GroupedMLPMax(torch.autograd.Function):
         has2 = w2 is not None
         C2 = w2.shape[0] if has2 else C1
         cm = max(1, CHUNK_ELEMS // (K * max(C1, C2)))
-        parts = _row_parts(B, M, workers)
+        parts = _row_parts(B, N, M, workers)
 
         # BN1 batch statistics (no pass over the grouped rows beyond one gather-and-sum)
         sums1 = _bn1_sums(u2, v2, fn, cnt, parts, cm) if spec1.use_batch else (None, None)
@@ -215,7 +217,7 @@ class _GroupedMLPMax(torch.autograd.Function):
         use_rank = K <= 255
         rank = torch.arange(K, 0, -1, dtype=torch.uint8, device=dev).view(1, K, 1) if use_rank else None
 
-        def select(r0: int, r1: int) -> _ColumnStats | None:
+        def select(r0: int, r1: int, n0: int, n1: int) -> _ColumnStats | None:
             rows_max = min(cm, r1 - r0) * K
             ones = torch.ones(rows_max, dtype=dtype, device=dev)
             abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
@@ -267,8 +269,7 @@ class _GroupedMLPMax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):  # type: ignore[override]
-        with single_thread():
-            return _GroupedMLPMax._backward(ctx, gout)
+        return _GroupedMLPMax._backward(ctx, gout)
 
     @staticmethod
     def _backward(ctx, gout):
@@ -304,7 +305,7 @@ class _GroupedMLPMax(torch.autograd.Function):
         SH = torch.zeros(B * N, C1, dtype=dtype, device=dev) if batch1 else None
         Sh = torch.empty(BM, C1, dtype=dtype, device=dev) if batch1 else None
 
-        def part_backward(r0: int, r1: int) -> Tensor | None:
+        def part_backward(r0: int, r1: int, n0: int, n1: int) -> tuple[Tensor | None, Tensor, Tensor]:
             rows_max = min(cm, r1 - r0) * K
             hbuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
             abuf = torch.empty(rows_max, C1, dtype=dtype, device=dev)
@@ -341,14 +342,17 @@ class _GroupedMLPMax(torch.autograd.Function):
                 if batch1:
                     SH.index_add_(0, idx, hhat.view(-1, C1))
                     torch.sum(hhat, dim=1, out=Sh[m0:m1])
-            return dw2_p
+            # BN1 parameter gradients of this slice from its per-source / per-centre sums:
+            # sum_rows d = sum_m Sd_m and sum_rows d * hhat = sum_n SD_n . up_n - sum_m Sd_m . vp_m
+            Sd64 = Sd[r0:r1].double()
+            db1_p = Sd64.sum(0)
+            dg1_p = (SD[n0:n1].double() * up[n0:n1].double()).sum(0) - (Sd64 * vp[r0:r1].double()).sum(0)
+            return dw2_p, db1_p, dg1_p
 
-        dw2_parts = run_parts(part_backward, _row_parts(B, M, workers))
-        dw2 = _sum_in_order(dw2_parts) if has2 else None
-        # BN1 parameter gradients from the per-source / per-centre sums: sum_rows d * hhat = SD . up - Sd . vp
-        Sd64 = Sd.double()
-        db1 = Sd64.sum(0).to(dtype)
-        dg1 = ((SD.double() * up.double()).sum(0) - (Sd64 * vp.double()).sum(0)).to(dtype)
+        results = run_parts(part_backward, _row_parts(B, N, M, workers))
+        dw2 = _sum_in_order([r[0] for r in results]) if has2 else None
+        db1 = _sum_in_order([r[1] for r in results]).to(dtype)
+        dg1 = _sum_in_order([r[2] for r in results]).to(dtype)
         A1 = g1 * invstd1
         if batch1:
             cntf = cnt.to(dtype).unsqueeze(1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -87,7 +88,7 @@ def single_thread() -> Iterator[None]:
 
 
 def hot_loop_workers() -> int:
-    """How many workers :func:`run_parts` should use, read *before* entering :func:`single_thread`."""
+    """How many workers :func:`run_parts` should use (read it outside :func:`single_thread`)."""
     n = torch.get_num_threads() if HOT_LOOP_WORKERS is None else HOT_LOOP_WORKERS
     return max(1, int(n))
 
@@ -122,22 +123,24 @@ def _in_worker(fn: Callable[..., T], args: tuple, grad: bool) -> T:
 
 
 def run_parts(fn: Callable[..., T], parts: Sequence[tuple]) -> list[T]:
-    """``[fn(*p) for p in parts]``, concurrently: ``parts[0]`` on the calling thread, the others on worker threads.
+    """``[fn(*p) for p in parts]``, concurrently: ``parts[0]`` on the calling thread, the others on worker threads,
+    every part with :data:`HOT_LOOP_THREADS` intra-op threads (the caller's setting is restored afterwards).
 
-    The parts must write to disjoint memory. Call it inside :func:`single_thread`. Every worker is waited for before
-    this returns or re-raises the first exception, so no worker is still writing afterwards.
+    The parts must write to disjoint memory. Every worker is waited for before this returns or re-raises the first
+    exception, so no worker is still writing afterwards.
     """
-    if len(parts) <= 1:
-        return [fn(*p) for p in parts]
-    pool = _worker_pool(len(parts) - 1)
-    grad = torch.is_grad_enabled()
-    futures = [pool.submit(_in_worker, fn, tuple(p), grad) for p in parts[1:]]
-    try:
-        first = fn(*parts[0])
-    except BaseException:
-        wait(futures)
-        raise
-    return [first, *(f.result() for f in futures)]
+    with single_thread():
+        if len(parts) <= 1:
+            return [fn(*p) for p in parts]
+        pool = _worker_pool(len(parts) - 1)
+        grad = torch.is_grad_enabled()
+        futures = [pool.submit(_in_worker, fn, tuple(p), grad) for p in parts[1:]]
+        try:
+            first = fn(*parts[0])
+        except BaseException:
+            wait(futures)
+            raise
+        return [first, *(f.result() for f in futures)]
 
 
 #: Compiled kernels registered by :func:`enable_cuda_ops`: ``fps(xyz, npoint)``, ``ball_query(support, query, r, k)``.
@@ -246,22 +249,25 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     out[:, 0] = start
     if npoint == 1:
         return out
-    # one thread: the loop's ops are small, so splitting the batch over worker threads only adds GIL contention
-    # (measured slower at batch 8 and 32)
-    with single_thread():
-        _fps_into(xyz, out)
+    loop, scripted = _fps_loop()
+    # the loop's ops are small: in eager mode splitting the batch over worker threads only adds GIL contention
+    # (measured slower), while the TorchScript loop runs without the GIL and splits well
+    parts = batch_parts(B, hot_loop_workers() if scripted else 1)
+    run_parts(lambda b0, b1: loop(xyz[b0:b1], out[b0:b1]), parts)
     return out
 
 
 def _fps_into(xyz: Tensor, out: Tensor) -> None:
-    """The FPS loop for one slice of the batch; ``out[:, 0]`` holds the start index."""
-    B, N, _ = xyz.shape
+    """The FPS loop for one slice of the batch; ``out[:, 0]`` holds the start index. TorchScript-compatible."""
+    B, N = xyz.shape[0], xyz.shape[1]
     far = out[:, :1].clone()
-    x0, x1, x2 = (c.contiguous() for c in xyz.unbind(-1))  # (B, N) each
-    dist = torch.full((B, N), 1e10, dtype=torch.float32, device=xyz.device)
+    x0 = xyz[:, :, 0].contiguous()
+    x1 = xyz[:, :, 1].contiguous()
+    x2 = xyz[:, :, 2].contiguous()
+    dist = torch.full([B, N], 1e10, dtype=torch.float32, device=xyz.device)
     t = torch.empty_like(dist)
     d = torch.empty_like(dist)
-    best = torch.empty(B, 1, dtype=torch.float32, device=xyz.device)
+    best = torch.empty([B, 1], dtype=torch.float32, device=xyz.device)
     for i in range(1, out.shape[1]):
         # same arithmetic order as the CUDA kernel: (x - x1)^2 + (y - y1)^2 + (z - z1)^2
         torch.sub(x0, x0.gather(1, far), out=t)
@@ -271,8 +277,27 @@ def _fps_into(xyz: Tensor, out: Tensor) -> None:
         torch.sub(x2, x2.gather(1, far), out=t)
         d.addcmul_(t, t)
         torch.minimum(dist, d, out=dist)
-        torch.max(dist, dim=1, keepdim=True, out=(best, far))  # first index on ties; ~3x faster than argmax here
+        torch.max(dist, 1, True, max=best, max_values=far)  # first index on ties; ~3x faster than argmax here
         out[:, i : i + 1] = far
+
+
+_FPS_LOOP: tuple[Callable[[Tensor, Tensor], None], bool] | None = None
+
+
+def _fps_loop() -> tuple[Callable[[Tensor, Tensor], None], bool]:
+    """``(loop, scripted)``: :func:`_fps_into` compiled by TorchScript (no Python overhead per op, and it releases
+    the GIL, so batch slices run in parallel: 0.16 s -> 0.07 s for 32 x 2048 -> 1024 points on 2 cores), or the
+    eager function where scripting is unavailable. TorchScript is deprecated upstream; the eager loop gives the
+    same indices."""
+    global _FPS_LOOP
+    if _FPS_LOOP is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
+                _FPS_LOOP = (torch.jit.script(_fps_into), True)
+        except Exception:  # noqa: BLE001 - any scripting failure: the eager loop is exact, only slower
+            _FPS_LOOP = (_fps_into, False)
+    return _FPS_LOOP
 
 
 def random_sample(xyz: Tensor, npoint: int, generator: torch.Generator | None = None) -> Tensor:
@@ -312,8 +337,7 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     def part(b0: int, b1: int) -> None:
         _ball_query_chunks(support[b0:b1], query[b0:b1], sq_s[b0:b1], sq_q[b0:b1], ranks, r2, out[b0:b1])
 
-    with single_thread():
-        run_parts(part, batch_parts(B, workers))
+    run_parts(part, batch_parts(B, workers))
     return out
 
 
