@@ -11,7 +11,7 @@ Semantics matched to ``openpoints/cpp/pointnet2_batch``:
 * :func:`ball_query` returns, for each query, the *first* ``nsample`` support indices in index order whose squared
   distance is ``< radius**2`` (strict), pads the remaining slots with the first index found, and returns all zeros
   when the ball is empty (the CUDA op zero-initialises its output). Distances are computed with a matrix product
-  (``|q|^2 + |s|^2 - 2 q.s``), so a pair within ~1e-7 of the sphere boundary may be classified differently from the
+  (``[q, 1] . [-2 s, |s|^2] < r^2 - |q|^2``), so a pair within ~1e-7 of the sphere boundary may be classified differently from the
   CUDA kernel's direct differences.
 
 All index outputs are ``int64`` and carry no gradient. Nothing loops over the batch in Python: FPS loops over the
@@ -329,20 +329,22 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     k = min(nsample, N)
     # the j-th in-ball point of a row is where its running count of in-ball points first reaches j
     ranks = torch.arange(1, k + 1, dtype=torch.float32, device=support.device)
-    sq_s = (support * support).sum(-1)
-    sq_q = (query * query).sum(-1)
+    # |q - s|^2 < r^2  <=>  [q, 1] . [-2 s, |s|^2] < r^2 - |q|^2: one batched GEMM with no bias to broadcast
+    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1).transpose(1, 2)
+    q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
+    thr = r2 - (query * query).sum(-1)
     out = torch.empty(B, M, nsample, dtype=torch.long, device=support.device)
     workers = hot_loop_workers()
 
     def part(b0: int, b1: int) -> None:
-        _ball_query_chunks(support[b0:b1], query[b0:b1], sq_s[b0:b1], sq_q[b0:b1], ranks, r2, out[b0:b1])
+        _ball_query_chunks(s_aug[b0:b1], q_aug[b0:b1], thr[b0:b1], ranks, out[b0:b1])
 
     run_parts(part, batch_parts(B, workers))
     return out
 
 
-def _ball_query_chunks(support, query, sq_s, sq_q, ranks, r2, out) -> None:
-    B, N, _ = support.shape
+def _ball_query_chunks(s_aug, q_aug, thr, ranks, out) -> None:
+    B, _, N = s_aug.shape
     M, nsample = out.shape[1:]
     k = ranks.numel()
     per_b = M * N
@@ -350,15 +352,12 @@ def _ball_query_chunks(support, query, sq_s, sq_q, ranks, r2, out) -> None:
     mstep = M if bstep > 1 or per_b <= BALL_QUERY_CHUNK_ELEMS else max(1, BALL_QUERY_CHUNK_ELEMS // N)
     for b0 in range(0, B, bstep):
         b1 = min(B, b0 + bstep)
-        s_t = support[b0:b1].transpose(1, 2)
         for m0 in range(0, M, mstep):
             m1 = min(M, m0 + mstep)
-            q = query[b0:b1, m0:m1]
-            d2 = torch.baddbmm(sq_s[b0:b1].unsqueeze(1), q, s_t, alpha=-2.0)
-            d2 += sq_q[b0:b1, m0:m1].unsqueeze(-1)
-            count = d2.lt_(r2).cumsum_(-1)  # (b, m, N) running count of in-ball points, exact in float32 (N < 2^24)
+            e = torch.bmm(q_aug[b0:b1, m0:m1], s_aug[b0:b1])  # |s|^2 - 2 q.s, (b, m, N)
+            count = e.lt_(thr[b0:b1, m0:m1].unsqueeze(-1)).cumsum_(-1)  # running in-ball count, exact in fp32
             pos = torch.searchsorted(count, ranks.expand(b1 - b0, m1 - m0, k).contiguous())  # N: fewer than j
-            del d2, count
+            del e, count
             first = pos[..., :1]
             first = first.masked_fill(first == N, 0)  # empty ball: all zeros, as the CUDA op
             idx = torch.where(pos < N, pos, first)
