@@ -182,11 +182,12 @@ def _first_max_over_k(z: Tensor, hit: Tensor, rank: Tensor, out_val: Tensor, out
 
 class _GroupedMLPMax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None):  # type: ignore[override]
-        return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, hot_loop_workers())
+    def forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, need_grad: bool):  # type: ignore[override]
+        return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, need_grad, hot_loop_workers())
 
     @staticmethod
-    def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, workers: int):
+    def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, need_grad: bool,
+                 workers: int):
         B, N, C1 = u.shape
         _, M, K = nbr.shape
         BM, R = B * M, B * M * nbr.shape[2]
@@ -209,12 +210,12 @@ class _GroupedMLPMax(torch.autograd.Function):
 
         # activations, (conv2 + BN2 statistics), selection over k; one worker per slice of the batch
         sel_val = torch.empty(BM, C2, dtype=dtype, device=dev)
-        sel_idx = torch.empty(BM, C2, dtype=torch.long, device=dev)
+        sel_idx = torch.empty(BM, C2, dtype=torch.long, device=dev) if need_grad else None
         if has2:
             sgn = torch.where(g2 >= 0, 1.0, -1.0).to(dtype)
             flip = bool((g2 < 0).any())
             w2t = w2.t()
-        use_rank = K <= 255
+        use_rank = need_grad and K <= 255
         rank = torch.arange(K, 0, -1, dtype=torch.uint8, device=dev).view(1, K, 1) if use_rank else None
 
         def select(r0: int, r1: int, n0: int, n1: int) -> _ColumnStats | None:
@@ -241,7 +242,9 @@ class _GroupedMLPMax(torch.autograd.Function):
                         z.mul_(sgn)
                 else:
                     z = a
-                if use_rank:
+                if not need_grad:  # values only: no index to keep for a backward pass
+                    torch.amax(z, dim=1, out=sel_val[m0:m1])
+                elif use_rank:
                     _first_max_over_k(z, hit[:rows].view(c, K, -1), rank, sel_val[m0:m1], sel_idx[m0:m1])
                 else:
                     torch.max(z, dim=1, out=(sel_val[m0:m1], sel_idx[m0:m1]))
@@ -361,7 +364,7 @@ class _GroupedMLPMax(torch.autograd.Function):
         else:
             du = SD * A1
             dv = Sd * (-A1)
-        return (du.view(B, N, C1), dv.view(B, M, C1), None, dg1, db1, dw2, dg2, db2, None, None)
+        return (du.view(B, N, C1), dv.view(B, M, C1), None, dg1, db1, dw2, dg2, db2, None, None, None)
 
 
 def _sum_in_order(xs: list[Tensor]) -> Tensor:
@@ -385,4 +388,6 @@ def grouped_mlp_max(u: Tensor, v: Tensor, nbr: Tensor, blocks: list) -> Tensor:
         g2, b2 = blk2.bn.weight, blk2.bn.bias
     else:
         spec2, w2, g2, b2 = None, None, None, None
-    return _GroupedMLPMax.apply(u, v, nbr, bn1.weight, bn1.bias, w2, g2, b2, spec1, spec2)
+    tensors = (u, v, bn1.weight, bn1.bias, w2, g2, b2)
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _GroupedMLPMax.apply(u, v, nbr, bn1.weight, bn1.bias, w2, g2, b2, spec1, spec2, need_grad)

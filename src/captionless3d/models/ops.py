@@ -267,7 +267,6 @@ def _fps_into(xyz: Tensor, out: Tensor) -> None:
     dist = torch.full([B, N], 1e10, dtype=torch.float32, device=xyz.device)
     t = torch.empty_like(dist)
     d = torch.empty_like(dist)
-    best = torch.empty([B, 1], dtype=torch.float32, device=xyz.device)
     for i in range(1, out.shape[1]):
         # same arithmetic order as the CUDA kernel: (x - x1)^2 + (y - y1)^2 + (z - z1)^2
         torch.sub(x0, x0.gather(1, far), out=t)
@@ -277,7 +276,7 @@ def _fps_into(xyz: Tensor, out: Tensor) -> None:
         torch.sub(x2, x2.gather(1, far), out=t)
         d.addcmul_(t, t)
         torch.minimum(dist, d, out=dist)
-        torch.max(dist, 1, True, max=best, max_values=far)  # first index on ties; ~3x faster than argmax here
+        far = torch.max(dist, 1, True)[1]  # first index on ties; ~3x faster than argmax here
         out[:, i : i + 1] = far
 
 
