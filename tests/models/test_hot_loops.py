@@ -133,23 +133,33 @@ def test_fused_layer_matches_reference_for_any_worker_count(monkeypatch, workers
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_float32_training_step_stays_close_to_float64():
-    """The analytic BN1 statistics and the regrouped BN1 gradients keep float32 close to a float64 reference."""
+def test_float32_fused_layer_stays_close_to_float64():
+    """One fused layer in float32 against the same layer in float64 (off-centre inputs, train mode): the analytic
+    BN1 statistics and the regrouped BN1 gradients add no error beyond float32 rounding. Summed gradients are
+    compared tightly; per-row input gradients by norm, because a near-tie in the max over k may pick a different
+    neighbour in float32 than in float64."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 256, 3, generator=g)
-    x = x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
-    models = [create_encoder("pointnext_s").train(), None]
-    models[1] = create_encoder("pointnext_s").double().train()
-    models[1].load_state_dict(models[0].state_dict())
-    outs = []
-    for model, dtype in zip(models, (torch.float32, torch.float64)):
-        y = model(x.to(dtype))
-        y.square().sum().backward()
-        outs.append((y.double(), [p.grad.double() for p in model.parameters()]))
-    (y32, g32), (y64, g64) = outs
-    assert (y32 - y64).abs().max() <= 1e-4 * y64.abs().max()
-    for a, b in zip(g32, g64):
-        assert (a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-6
+    B, N, M, K, C1, C2 = 4, 256, 128, 32, 32, 64
+    u = torch.randn(B, N, C1, generator=g, dtype=torch.float64) + 4 * torch.rand(B, N, 1, generator=g, dtype=torch.float64)
+    v = torch.randn(B, M, C1, generator=g, dtype=torch.float64) + 4
+    nbr = torch.randint(0, N, (B, M, K), generator=g)
+    out = []
+    for dtype in (torch.float32, torch.float64):
+        b1, b2 = _layer(C1, C2, seed=1)
+        b1, b2 = b1.to(dtype), b2.to(dtype)
+        uu, vv = u.to(dtype).requires_grad_(), v.to(dtype).requires_grad_()
+        y = grouped.grouped_mlp_max(uu, vv, nbr, [b1, b2])
+        (y * torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)).sum().backward()
+        params = [b1.bn.weight.grad, b1.bn.bias.grad, b2[0].weight.grad, b2.bn.weight.grad, b2.bn.bias.grad]
+        out.append((y.detach().double(), [t.double() for t in params], [uu.grad.double(), vv.grad.double()]))
+    (y32, p32, x32), (y64, p64, x64) = out
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    assert (y32 - y64).abs().max() <= 1e-5 * y64.abs().max()
+    assert max(rel(a, b) for a, b in zip(p32, p64)) < 1e-4
+    assert max(rel(a, b) for a, b in zip(x32, x64)) < 1e-4
 
 
 def test_fps_torchscript_and_eager_loops_agree(monkeypatch):
