@@ -119,3 +119,26 @@ def test_gather_and_group_values_and_grads():
     assert torch.equal(grouped[1, 1, 0], x[1, 4])
     grouped.sum().backward()
     assert x.grad[1, 4].tolist() == [3.0, 3.0, 3.0]  # used three times
+
+
+@pytest.mark.parametrize("block", [1, 7, 33])
+def test_ball_query_blocked_scan_is_invisible(monkeypatch, block):
+    """Queries leave the blocked scan as soon as they have nsample neighbours; the result must not change."""
+    import captionless3d.models.ops as ops
+
+    support = _clouds(6, 3, 90)
+    query = support[:, ::3].contiguous()
+    _safe_radius(support, query, 0.6)
+    expected = _ball_query_reference(support, query, 0.6, 5)
+    monkeypatch.setattr(ops, "BALL_QUERY_BLOCK", block)
+    assert ops.ball_query(support, query, 0.6, 5).tolist() == expected
+
+
+def test_fps_groups_of_clouds_are_invisible(monkeypatch):
+    import captionless3d.models.ops as ops
+
+    xyz = _clouds(7, 5, 50)
+    full = ops.furthest_point_sample(xyz, 12)
+    monkeypatch.setattr(ops, "FPS_BLOCK_POINTS", 60)  # one cloud per group
+    assert torch.equal(ops.furthest_point_sample(xyz, 12), full)
+    assert full.tolist() == _fps_reference(xyz, 12)
