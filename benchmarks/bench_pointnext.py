@@ -138,6 +138,7 @@ def run_one(cfg: dict) -> dict:
         times.append(dt)
         op_share.append(op_time["t"] / dt)
     t = statistics.median(times)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the profiler's own memory
 
     executed = gather_share = None
     if cfg.get("details", True):
@@ -170,7 +171,7 @@ def run_one(cfg: dict) -> dict:
         "step_s": t,
         "step_s_all": times,
         "samples_per_s": B / t,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb,
         "openpoints_fwd_gflop_per_sample": ref_fwd / 1e9,
         "executed_gflop_per_step": executed / 1e9 if executed is not None else None,
         "arch_gflop_per_s": arch_flops / t / 1e9,
