@@ -140,7 +140,8 @@ def test_float32_fused_layer_stays_close_to_float64():
     neighbour in float32 than in float64."""
     g = torch.Generator().manual_seed(3)
     B, N, M, K, C1, C2 = 4, 256, 128, 32, 32, 64
-    u = torch.randn(B, N, C1, generator=g, dtype=torch.float64) + 4 * torch.rand(B, N, 1, generator=g, dtype=torch.float64)
+    u = torch.randn(B, N, C1, generator=g, dtype=torch.float64)
+    u = u + 4 * torch.rand(B, N, 1, generator=g, dtype=torch.float64)
     v = torch.randn(B, M, C1, generator=g, dtype=torch.float64) + 4
     nbr = torch.randint(0, N, (B, M, K), generator=g)
     out = []

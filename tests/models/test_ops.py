@@ -132,6 +132,8 @@ def test_ball_query_blocked_scan_is_invisible(monkeypatch, block):
     expected = _ball_query_reference(support, query, 0.5, 5)
     monkeypatch.setattr(ops, "BALL_QUERY_BLOCK", block)
     assert ops.ball_query(support, query, 0.5, 5).tolist() == expected
+    monkeypatch.setattr(ops, "BALL_QUERY_CHUNK_ELEMS", 4 * block)  # a few queries per chunk as well
+    assert ops.ball_query(support, query, 0.5, 5).tolist() == expected
 
 
 def test_fps_groups_of_clouds_are_invisible(monkeypatch):

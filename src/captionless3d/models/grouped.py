@@ -7,16 +7,22 @@ allocating, page-faulting and streaming them. Here the grouped tensors only ever
 
 Math (per channel; ``R = B * M * K`` grouped rows, ``h_i = u[nbr_i] - v[m_i]``):
 
-* forward pass 1 (training): batch statistics of ``h`` (float64 accumulation);
-* forward pass 2: ``a = act1(BN1(h))``, optionally ``z = a W2^T`` with BN2 statistics, and the arg-max over ``K`` of
-  the *last BN's output*. BN is a per-channel affine map ``s * x + t`` whose scale has the sign of gamma, and the
-  activation (ReLU) is monotone, so ``max_k act(s z_k + t) = act(s * z_sel + t)`` with ``z_sel`` the max of
-  ``sign(gamma) * z`` over k: no full BN2 output is ever built;
+* BN1 batch statistics of ``h`` without a pass over the grouped rows (:func:`_bn1_sums`: per-source and per-centre
+  sums, combined in float64);
+* forward: ``a = act1(BN1(h)) = act1(ua[nbr] - va)`` (BN1 folded into the gathered table), optionally
+  ``z = a W2^T`` with BN2 statistics, and the arg-max over ``K`` of the *last BN's output*. BN is a per-channel
+  affine map ``s * x + t`` whose scale has the sign of gamma, and the activation (ReLU) is monotone, so
+  ``max_k act(s z_k + t) = act(s * z_sel + t)`` with ``z_sel`` the max of ``sign(gamma) * z`` over k: no full BN2
+  output is ever built (:func:`_first_max_over_k`; without autograd only the values are kept);
 * backward: ``dL/dy`` is non-zero only at the selected neighbour; the BN backward
   ``dx = g istd (dy - mean(dy) - xhat mean(dy xhat))`` is rebuilt chunk by chunk (recomputing ``a`` and ``z``), and
   the BN1 backward, which needs global sums before it can be applied, is pushed through the linear gather:
   ``du[n] = A (SD[n] - cnt[n] dbeta/R - SH[n] dgamma/R)``, ``dv[m] = -A (Sd[m] - K dbeta/R - Sh[m] dgamma/R)``, with
-  ``SD/SH`` scatter-sums of ``d`` and ``xhat`` over the rows that read source ``n`` and ``Sd/Sh`` sums over k.
+  ``SD/SH`` scatter-sums of ``d`` and ``xhat`` over the rows that read source ``n`` and ``Sd/Sh`` sums over k; the BN1
+  parameter gradients come from the same sums (``dgamma = SD . uhat - Sd . vhat``).
+
+Every pass runs one contiguous slice of the batch per worker thread (:func:`~captionless3d.models.ops.run_parts`),
+so scatters of different workers never touch the same rows; partial sums are added in a fixed order.
 
 BatchNorm semantics (batch statistics + running-stat update in training, running statistics in eval, momentum or
 cumulative averaging, ``num_batches_tracked``) are those of ``torch.nn.BatchNorm``. Tests check values and all
@@ -125,7 +131,9 @@ class _ColumnStats:
         return s, ss
 
 
-def _bn1_sums(u2: Tensor, v2: Tensor, fn: Tensor, cnt: Tensor, parts: list[tuple[int, int, int, int]], cm: int) -> tuple:
+def _bn1_sums(
+    u2: Tensor, v2: Tensor, fn: Tensor, cnt: Tensor, parts: list[tuple[int, int, int, int]], cm: int
+) -> tuple[Tensor, Tensor]:
     """float64 ``(sum, sum of squares)`` over all grouped rows of ``h = u[nbr] - v`` without materialising ``h``.
 
     With ``u~ = u - mean(u)``, ``v~ = v - mean(v)`` and ``c`` the difference of the means,
@@ -182,7 +190,9 @@ def _first_max_over_k(z: Tensor, hit: Tensor, rank: Tensor, out_val: Tensor, out
 
 class _GroupedMLPMax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, need_grad: bool):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, need_grad: bool
+    ):
         return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, need_grad, hot_loop_workers())
 
     @staticmethod
@@ -272,10 +282,6 @@ class _GroupedMLPMax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):  # type: ignore[override]
-        return _GroupedMLPMax._backward(ctx, gout)
-
-    @staticmethod
-    def _backward(ctx, gout):
         B, N, M, K, C1, C2, cm, workers = ctx.dims
         batch1, act1, has2, batch2, act2 = ctx.specs
         u2, v2, fn, cnt, g1, b1, w2, g2, sel_val, sel_idx, out, mean1, invstd1, mean2, invstd2 = ctx.saved_tensors

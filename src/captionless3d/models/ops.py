@@ -11,11 +11,12 @@ Semantics matched to ``openpoints/cpp/pointnet2_batch``:
 * :func:`ball_query` returns, for each query, the *first* ``nsample`` support indices in index order whose squared
   distance is ``< radius**2`` (strict), pads the remaining slots with the first index found, and returns all zeros
   when the ball is empty (the CUDA op zero-initialises its output). Distances are computed with a matrix product
-  (``[q, 1] . [-2 s, |s|^2] < r^2 - |q|^2``), so a pair within ~1e-7 of the sphere boundary may be classified differently from the
-  CUDA kernel's direct differences.
+  (``[q, 1] . [-2 s, |s|^2] < r^2 - |q|^2``), so a pair within ~1e-7 of the sphere boundary may be classified
+  differently from the CUDA kernel's direct differences.
 
-All index outputs are ``int64`` and carry no gradient. Nothing loops over the batch in Python: FPS loops over the
-samples (vectorised over the batch); ball query is chunked over the batch only to bound memory.
+All index outputs are ``int64`` and carry no gradient. The batch is split into one contiguous slice per worker thread
+(:func:`run_parts`); inside a slice FPS loops over the samples, vectorised over groups of clouds sized for the cache,
+and ball query works on memory-bounded chunks (several small clouds at once, or one large cloud in support blocks).
 
 Optional CUDA kernels (``ops_backend: cuda``): :func:`enable_cuda_ops` imports the compiled FPS / ball-query kernels of
 the ``pointnext`` package (``pip install -e ".[cuda]"``) or OpenPoints' ``pointnet2_batch_cuda`` extension; from then
@@ -343,7 +344,8 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     # the j-th in-ball point of a row is where its running count of in-ball points first reaches j
     ranks = torch.arange(1, k + 1, dtype=torch.float32, device=support.device)
     # |q - s|^2 < r^2  <=>  [q, 1] . [-2 s, |s|^2] < r^2 - |q|^2: one batched GEMM with no bias to broadcast
-    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1).transpose(1, 2).contiguous()
+    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1)
+    s_aug = s_aug.transpose(1, 2).contiguous()  # (B, 4, N)
     q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
     thr = r2 - (query * query).sum(-1)
     out = torch.empty(B, M, nsample, dtype=torch.long, device=support.device)
@@ -357,23 +359,45 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
 
 
 def _ball_query_chunks(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, out: Tensor) -> None:
-    """Ball query of one slice of the batch: per cloud and chunk of queries, the support is scanned in blocks of
-    :data:`BALL_QUERY_BLOCK` points in index order, and a query leaves the scan once it has ``k`` neighbours (most
-    queries of a dense cloud are done long before the last block)."""
+    """Ball query of one slice of the batch, in memory-bounded chunks.
+
+    Clouds of at most :data:`BALL_QUERY_BLOCK` points are handled several clouds at a time (one batched GEMM per
+    chunk). Larger clouds go one at a time, and their support is scanned in blocks of that size in index order:
+    a query leaves the scan once it has ``k`` neighbours, and most queries of a dense cloud finish long before the
+    last block.
+    """
     B, _, N = s_aug.shape
-    M, nsample = out.shape[1:]
+    M = out.shape[1]
     k = ranks.numel()
-    block = max(1, min(N, BALL_QUERY_BLOCK))
-    mstep = max(1, BALL_QUERY_CHUNK_ELEMS // block)
+    if N <= BALL_QUERY_BLOCK:
+        bstep = max(1, BALL_QUERY_CHUNK_ELEMS // (M * N))
+        mstep = M if bstep > 1 else max(1, BALL_QUERY_CHUNK_ELEMS // N)
+        for b0 in range(0, B, bstep):
+            b1 = min(B, b0 + bstep)
+            for m0 in range(0, M, mstep):
+                m1 = min(M, m0 + mstep)
+                e = torch.bmm(q_aug[b0:b1, m0:m1], s_aug[b0:b1])  # |s|^2 - 2 q.s, (b, m, N)
+                count = e.lt_(thr[b0:b1, m0:m1].unsqueeze(-1)).cumsum_(-1)  # running in-ball count
+                pos = torch.searchsorted(count, ranks.expand(b1 - b0, m1 - m0, k).contiguous())
+                _write_padded(out[b0:b1, m0:m1], pos, N)
+        return
+    mstep = max(1, BALL_QUERY_CHUNK_ELEMS // BALL_QUERY_BLOCK)
     for b in range(B):
         for m0 in range(0, M, mstep):
             m1 = min(M, m0 + mstep)
-            pos = _first_in_ball(s_aug[b], q_aug[b, m0:m1], thr[b, m0:m1], ranks, block)
-            first = pos[:, :1]
-            first = first.masked_fill(first == N, 0)  # empty ball: all zeros, as the CUDA op
-            out[b, m0:m1, :k] = torch.where(pos < N, pos, first)
-            if k < nsample:
-                out[b, m0:m1, k:] = first
+            pos = _first_in_ball(s_aug[b], q_aug[b, m0:m1], thr[b, m0:m1], ranks, BALL_QUERY_BLOCK)
+            _write_padded(out[b, m0:m1], pos, N)
+
+
+def _write_padded(out: Tensor, pos: Tensor, N: int) -> None:
+    """``out (..., nsample)`` from the positions ``pos (..., k)`` of the first in-ball points (``N``: none): short
+    balls repeat their first index, empty balls are all 0 (as the CUDA op)."""
+    k = pos.shape[-1]
+    first = pos[..., :1]
+    first = first.masked_fill(first == N, 0)
+    out[..., :k] = torch.where(pos < N, pos, first)
+    if k < out.shape[-1]:
+        out[..., k:] = first
 
 
 def _first_in_ball(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, block: int) -> Tensor:
@@ -381,6 +405,7 @@ def _first_in_ball(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, blo
 
     The j-th in-ball point is where the running count of in-ball points first reaches j: a ``searchsorted`` of
     ``ranks = 1..k`` in the running count (exact in float32 for N < 2^24), offset by the count of earlier blocks.
+    ``s_aug (4, N)``, ``q_aug (m, 4)``, ``thr (m,)``.
     """
     N = s_aug.shape[1]
     m, k = q_aug.shape[0], ranks.numel()
