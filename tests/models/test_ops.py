@@ -144,3 +144,20 @@ def test_fps_groups_of_clouds_are_invisible(monkeypatch):
     monkeypatch.setattr(ops, "FPS_BLOCK_POINTS", 60)  # one cloud per group
     assert torch.equal(ops.furthest_point_sample(xyz, 12), full)
     assert full.tolist() == _fps_reference(xyz, 12)
+
+
+def test_ball_query_gpu_chunking_gives_the_same_result():
+    """On a GPU the whole support is one block and several clouds share a GEMM; the same code path on CPU tensors."""
+    import captionless3d.models.ops as ops
+
+    support = _clouds(8, 3, 90)
+    query = support[:, ::3].contiguous()
+    expected = ops.ball_query(support, query, 0.5, 5)
+    r2 = float(torch.tensor(0.5, dtype=torch.float32) ** 2)
+    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1).transpose(1, 2).contiguous()
+    q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
+    out = torch.empty_like(expected)
+    for chunk in (90 * 30 * 3, 200):  # all clouds in one GEMM, and chunks of a few queries
+        ops._ball_query_chunks(s_aug, q_aug, r2 - (query * query).sum(-1), torch.arange(1.0, 6.0), out,
+                               block=90, chunk_elems=chunk)
+        assert torch.equal(out, expected)

@@ -59,6 +59,9 @@ __all__ = [
 #: Largest ``queries * support block`` a ball-query step materialises (float32: 4 bytes each).
 BALL_QUERY_CHUNK_ELEMS = 1 << 21
 
+#: The same bound on a GPU (no support blocks there: the whole support at once, several clouds per GEMM).
+BALL_QUERY_CHUNK_ELEMS_GPU = 1 << 27
+
 #: Support points per ball-query block; queries with ``nsample`` neighbours stop scanning (32 x 8192 points:
 #: 0.79 s -> 0.55 s per worker for the first stage, measured).
 BALL_QUERY_BLOCK = 1024
@@ -259,10 +262,12 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     if npoint == 1:
         return out
     loop, scripted = _fps_loop()
+    on_cpu = xyz.device.type == "cpu"
     # the loop's ops are small: in eager mode splitting the batch over worker threads only adds GIL contention
-    # (measured slower), while the TorchScript loop runs without the GIL and splits well
-    parts = batch_parts(B, hot_loop_workers() if scripted else 1)
-    step = max(1, FPS_BLOCK_POINTS // N)
+    # (measured slower), while the TorchScript loop runs without the GIL and splits well. On a GPU one thread
+    # launches the kernels for the whole batch.
+    parts = batch_parts(B, hot_loop_workers() if scripted and on_cpu else 1)
+    step = max(1, FPS_BLOCK_POINTS // N) if on_cpu else B
 
     def part(b0: int, b1: int) -> None:
         for c0 in range(b0, b1, step):  # clouds in cache-sized groups: each step streams all their points
@@ -349,6 +354,9 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
     thr = r2 - (query * query).sum(-1)
     out = torch.empty(B, M, nsample, dtype=torch.long, device=support.device)
+    if support.device.type != "cpu":  # one batched GEMM per memory-bounded chunk, from one thread
+        _ball_query_chunks(s_aug, q_aug, thr, ranks, out, block=N, chunk_elems=BALL_QUERY_CHUNK_ELEMS_GPU)
+        return out
     workers = hot_loop_workers()
 
     def part(b0: int, b1: int) -> None:
@@ -358,20 +366,25 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     return out
 
 
-def _ball_query_chunks(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, out: Tensor) -> None:
-    """Ball query of one slice of the batch, in memory-bounded chunks.
+def _ball_query_chunks(
+    s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, out: Tensor, block: int | None = None,
+    chunk_elems: int | None = None,
+) -> None:
+    """Ball query of one slice of the batch, in chunks of at most ``chunk_elems`` pair distances.
 
-    Clouds of at most :data:`BALL_QUERY_BLOCK` points are handled several clouds at a time (one batched GEMM per
-    chunk). Larger clouds go one at a time, and their support is scanned in blocks of that size in index order:
-    a query leaves the scan once it has ``k`` neighbours, and most queries of a dense cloud finish long before the
-    last block.
+    Clouds of at most ``block`` points (default :data:`BALL_QUERY_BLOCK`) are handled several clouds at a time (one
+    batched GEMM per chunk). Larger clouds go one at a time, and their support is scanned in blocks of that size in
+    index order: a query leaves the scan once it has ``k`` neighbours, and most queries of a dense cloud finish long
+    before the last block.
     """
     B, _, N = s_aug.shape
     M = out.shape[1]
     k = ranks.numel()
-    if N <= BALL_QUERY_BLOCK:
-        bstep = max(1, BALL_QUERY_CHUNK_ELEMS // (M * N))
-        mstep = M if bstep > 1 else max(1, BALL_QUERY_CHUNK_ELEMS // N)
+    block = BALL_QUERY_BLOCK if block is None else block
+    chunk_elems = BALL_QUERY_CHUNK_ELEMS if chunk_elems is None else chunk_elems
+    if N <= block:
+        bstep = max(1, chunk_elems // (M * N))
+        mstep = M if bstep > 1 else max(1, chunk_elems // N)
         for b0 in range(0, B, bstep):
             b1 = min(B, b0 + bstep)
             for m0 in range(0, M, mstep):
@@ -381,11 +394,11 @@ def _ball_query_chunks(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor,
                 pos = torch.searchsorted(count, ranks.expand(b1 - b0, m1 - m0, k).contiguous())
                 _write_padded(out[b0:b1, m0:m1], pos, N)
         return
-    mstep = max(1, BALL_QUERY_CHUNK_ELEMS // BALL_QUERY_BLOCK)
+    mstep = max(1, chunk_elems // block)
     for b in range(B):
         for m0 in range(0, M, mstep):
             m1 = min(M, m0 + mstep)
-            pos = _first_in_ball(s_aug[b], q_aug[b, m0:m1], thr[b, m0:m1], ranks, BALL_QUERY_BLOCK)
+            pos = _first_in_ball(s_aug[b], q_aug[b, m0:m1], thr[b, m0:m1], ranks, block)
             _write_padded(out[b, m0:m1], pos, N)
 
 

@@ -269,8 +269,11 @@ class InvResMLP(nn.Module):
 def _grouped_mlp_max(
     u: Tensor, v: Tensor, nbr: Tensor, blocks: list[ConvBlock], reduction: str, fused: bool
 ) -> Tensor:
-    """``pool_k( blocks[1:]( post0( u[nbr] - v ) ) )`` -> ``(B, M, C_out)``; ``post0`` = BN/ReLU of ``blocks[0]``."""
-    if fused and reduction == "max" and _grouped.supports(blocks):
+    """``pool_k( blocks[1:]( post0( u[nbr] - v ) ) )`` -> ``(B, M, C_out)``; ``post0`` = BN/ReLU of ``blocks[0]``.
+
+    The fused path is a CPU optimisation: on a GPU (H200, 32 x 2048 train step) plain autograd was 26x faster.
+    """
+    if fused and u.device.type == "cpu" and reduction == "max" and _grouped.supports(blocks):
         return _grouped.grouped_mlp_max(u, v, nbr, blocks)
     h = blocks[0].post(group_points(u, nbr) - v.unsqueeze(2))
     for blk in blocks[1:]:
