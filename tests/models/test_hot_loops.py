@@ -223,3 +223,28 @@ def test_bn1_statistics_without_grouping_are_accurate_in_float32():
     var = ss / R - (s / R) ** 2
     assert ((var - var_true).abs() / var_true).max() < 1e-6
     assert ((s / R - mean_true).abs() / var_true.sqrt()).max() < 1e-5
+
+
+def test_sync_batchnorm_is_called_as_a_module_and_skips_the_fused_path(monkeypatch):
+    """trainer.sync_batchnorm converts every BN to SyncBatchNorm: its statistics must come from the module (reduced
+    across ranks), not from F.batch_norm or the per-process fused layer. Outside DDP it equals plain BN."""
+    calls = []
+    original = torch.nn.SyncBatchNorm.forward
+
+    def spy(self, x):
+        calls.append(tuple(x.shape))
+        return original(self, x)
+
+    monkeypatch.setattr(torch.nn.SyncBatchNorm, "forward", spy)
+    ref = create_encoder("pointnext_s").double().train()
+    sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(create_encoder("pointnext_s").double().train())
+    sync.load_state_dict(ref.state_dict())
+    x = torch.rand(3, 128, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64) - 0.5
+    y_ref, y_sync = ref(x), sync(x)
+    n_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
+    assert n_bn > 0 and len(calls) == n_bn  # every BN of the model went through SyncBatchNorm.forward
+    assert torch.allclose(y_ref, y_sync, rtol=1e-10, atol=1e-10)
+    y_ref.sum().backward()
+    y_sync.sum().backward()
+    for (name, a), b in zip(ref.named_parameters(), sync.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-10), name

@@ -45,12 +45,14 @@ CHUNK_ELEMS = 1 << 20
 
 
 def supports(blocks: list) -> bool:
-    """Whether the fused path covers this block list (1 or 2 conv blocks, each conv (no bias) -> BN [-> ReLU])."""
+    """Whether the fused path covers this block list (1 or 2 conv blocks, each conv (no bias) -> BN [-> ReLU]).
+
+    Not for ``SyncBatchNorm``: the fused statistics are per process, SyncBatchNorm's are reduced across ranks."""
     if not 1 <= len(blocks) <= 2:
         return False
     for i, blk in enumerate(blocks):
         bn = getattr(blk, "bn", None)
-        if bn is None or not bn.affine:
+        if bn is None or not bn.affine or isinstance(bn, nn.SyncBatchNorm):
             return False
         if i > 0 and blk[0].bias is not None:
             return False

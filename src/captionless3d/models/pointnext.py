@@ -40,7 +40,10 @@ MAX_ABS_COORDINATE = 1e18
 
 def batch_norm_last(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
     """Apply ``bn`` (BatchNorm1d/2d over channels) to channels-last ``x (..., C)``, with the module's exact semantics
-    (batch statistics + running-stat update in training, running statistics in eval)."""
+    (batch statistics + running-stat update in training, running statistics in eval). A ``SyncBatchNorm`` (what
+    ``trainer.sync_batchnorm`` converts to) is called as a module, so its statistics are reduced across ranks."""
+    if isinstance(bn, nn.SyncBatchNorm):
+        return bn(x.reshape(-1, x.shape[-1])).view(x.shape)
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
