@@ -629,10 +629,14 @@ def _budget_text(budget: Mapping[str, Any]) -> str:
 def report_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: str) -> str:
     preset = info["preset"]
     sizes = info["test_split"]
+    departs = (list(info["variants"]) != list(preset["variants"]) or list(info["seeds"]) != list(preset["seeds"])
+               or bool(info["overrides"]["extra"]))
     return "\n".join([
         f"# Reproduced table: preset `{preset['name']}` ({len(info['variants'])} variants × {len(info['seeds'])} seeds)",
         "",
-        f"{preset['description']}.",
+        f"Preset `{preset['name']}`: {preset['description']}."
+        + (" **This run departs from the preset**: its variants, seeds and overrides are listed below." if departs
+           else ""),
         "",
         f"- started {info['started']}, finished {info['finished']}; **total wall time {_duration(info['total_wall_seconds'])}** "
         f"(training multirun {_duration(info['training_wall_seconds'])}; preset estimate ≈ {preset['estimate_min']:g} min "

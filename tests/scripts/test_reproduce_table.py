@@ -97,6 +97,7 @@ def test_report_records_preset_overrides_and_times(reproduced):
         assert len(list(csv.DictReader(f))) == 4
     assert "stage 2/3" in proc.stdout and "run 4/4" in proc.stdout and "total wall time" in proc.stdout
     assert (sweep / "reproduce.log").is_file()
+    assert "This run departs from the preset" in (sweep / "reproduce.md").read_text()  # seeds and epochs overridden
     text = doc.read_text()
     assert "**Reading.**" in text and "| avg |" in text and "| chance |" in text and "--preset quick" in text
 
