@@ -153,11 +153,8 @@ def test_ball_query_gpu_chunking_gives_the_same_result():
     support = _clouds(8, 3, 90)
     query = support[:, ::3].contiguous()
     expected = ops.ball_query(support, query, 0.5, 5)
-    r2 = float(torch.tensor(0.5, dtype=torch.float32) ** 2)
-    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1).transpose(1, 2).contiguous()
-    q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
+    s_aug, q_aug, thr = ops._ball_operands(support, query, float(torch.tensor(0.5, dtype=torch.float32) ** 2))
     out = torch.empty_like(expected)
     for chunk in (90 * 30 * 3, 200):  # all clouds in one GEMM, and chunks of a few queries
-        ops._ball_query_chunks(s_aug, q_aug, r2 - (query * query).sum(-1), torch.arange(1.0, 6.0), out,
-                               block=90, chunk_elems=chunk)
+        ops._ball_query_chunks(s_aug, q_aug, thr, torch.arange(1.0, 6.0), out, block=90, chunk_elems=chunk)
         assert torch.equal(out, expected)

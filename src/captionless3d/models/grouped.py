@@ -195,11 +195,7 @@ class _GroupedMLPMax(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, need_grad: bool
     ):
-        return _GroupedMLPMax._forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1, spec2, need_grad, hot_loop_workers())
-
-    @staticmethod
-    def _forward(ctx, u, v, nbr, g1, b1, w2, g2, b2, spec1: _BNSpec, spec2: _BNSpec | None, need_grad: bool,
-                 workers: int):
+        workers = hot_loop_workers()
         B, N, C1 = u.shape
         _, M, K = nbr.shape
         BM, R = B * M, B * M * nbr.shape[2]
@@ -207,7 +203,8 @@ class _GroupedMLPMax(torch.autograd.Function):
         u2 = u.reshape(B * N, C1).contiguous()
         v2 = v.reshape(BM, C1).contiguous()
         fn = flat_index(nbr, N).reshape(BM, K)
-        cnt = torch.bincount(fn.reshape(-1), minlength=B * N)
+        # readers per source row: the BN1 statistics and the BN1 backward need it, inference does not
+        cnt = torch.bincount(fn.reshape(-1), minlength=B * N) if spec1.use_batch else None
         has2 = w2 is not None
         C2 = w2.shape[0] if has2 else C1
         cm = max(1, CHUNK_ELEMS // (K * max(C1, C2)))

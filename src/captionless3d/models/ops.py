@@ -348,11 +348,7 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     k = min(nsample, N)
     # the j-th in-ball point of a row is where its running count of in-ball points first reaches j
     ranks = torch.arange(1, k + 1, dtype=torch.float32, device=support.device)
-    # |q - s|^2 < r^2  <=>  [q, 1] . [-2 s, |s|^2] < r^2 - |q|^2: one batched GEMM with no bias to broadcast
-    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1)
-    s_aug = s_aug.transpose(1, 2).contiguous()  # (B, 4, N)
-    q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
-    thr = r2 - (query * query).sum(-1)
+    s_aug, q_aug, thr = _ball_operands(support, query, r2)
     out = torch.empty(B, M, nsample, dtype=torch.long, device=support.device)
     if support.device.type != "cpu":  # one batched GEMM per memory-bounded chunk, from one thread
         _ball_query_chunks(s_aug, q_aug, thr, ranks, out, block=N, chunk_elems=BALL_QUERY_CHUNK_ELEMS_GPU)
@@ -364,6 +360,15 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
 
     run_parts(part, batch_parts(B, workers))
     return out
+
+
+def _ball_operands(support: Tensor, query: Tensor, r2: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``|q - s|^2 < r^2  <=>  [q, 1] . [-2 s, |s|^2] < r^2 - |q|^2``: one GEMM, no bias to broadcast.
+
+    Returns ``s_aug (B, 4, N)``, ``q_aug (B, M, 4)`` and the per-query threshold ``thr (B, M)``."""
+    s_aug = torch.cat([support * -2.0, (support * support).sum(-1, keepdim=True)], dim=-1)
+    q_aug = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)
+    return s_aug.transpose(1, 2).contiguous(), q_aug, r2 - (query * query).sum(-1)
 
 
 def _ball_query_chunks(
@@ -424,22 +429,16 @@ def _first_in_ball(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, blo
     m, k = q_aug.shape[0], ranks.numel()
     pos = torch.full((m, k), N, dtype=torch.long, device=s_aug.device)
     base = torch.zeros(m, dtype=ranks.dtype, device=s_aug.device)  # in-ball points found in earlier blocks
-    active: Tensor | None = None  # rows still short of k neighbours (None: all rows)
+    active = torch.arange(m, device=s_aug.device)  # rows still short of k neighbours
     for s0 in range(0, N, block):
         s1 = min(N, s0 + block)
-        q, th, b0 = (q_aug, thr, base) if active is None else (q_aug[active], thr[active], base[active])
-        e = torch.mm(q, s_aug[:, s0:s1])  # |s|^2 - 2 q.s
-        count = e.lt_(th.unsqueeze(1)).cumsum_(-1).add_(b0.unsqueeze(1))
-        p = torch.searchsorted(count, ranks.expand(q.shape[0], k).contiguous())
-        new = torch.where((p < s1 - s0) & (ranks > b0.unsqueeze(1)), p + s0, pos if active is None else pos[active])
-        total = count[:, -1]
-        if active is None:
-            pos, base = new, total.clone()
-            active = torch.nonzero(total < k).squeeze(1)
-        else:
-            pos[active] = new
-            base[active] = total
-            active = active[total < k]
+        b0 = base[active]
+        e = torch.mm(q_aug[active], s_aug[:, s0:s1])  # |s|^2 - 2 q.s
+        count = e.lt_(thr[active].unsqueeze(1)).cumsum_(-1).add_(b0.unsqueeze(1))
+        p = torch.searchsorted(count, ranks.expand(active.numel(), k).contiguous())
+        pos[active] = torch.where((p < s1 - s0) & (ranks > b0.unsqueeze(1)), p + s0, pos[active])
+        base[active] = total = count[:, -1]
+        active = active[total < k]
         if active.numel() == 0:
             break
     return pos
