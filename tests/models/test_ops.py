@@ -158,3 +158,21 @@ def test_ball_query_gpu_chunking_gives_the_same_result():
     for chunk in (90 * 30 * 3, 200):  # all clouds in one GEMM, and chunks of a few queries
         ops._ball_query_chunks(s_aug, q_aug, thr, torch.arange(1.0, 6.0), out, block=90, chunk_elems=chunk)
         assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: ball_query(torch.zeros(2, 10, 2), torch.zeros(2, 3, 3), 0.1, 4), r"ball_query expects \(B, N, 3\)"),
+        (lambda: ball_query(torch.zeros(2, 10, 3), torch.zeros(3, 3, 3), 0.1, 4), "batch sizes differ"),
+        (lambda: ball_query(torch.zeros(2, 10, 3), torch.zeros(2, 3, 3), 0.1, 0), "nsample=0"),
+        (lambda: furthest_point_sample(torch.zeros(2, 10, 3), 11), r"npoint=11 must be in \[1, N=10\]"),
+        (lambda: furthest_point_sample(torch.zeros(2, 10, 3), 4, start=10), r"start=10 must be in \[0, N=10\)"),
+        (lambda: furthest_point_sample(torch.zeros(10, 3), 4), r"furthest_point_sample expects \(B, N, 3\)"),
+    ],
+)
+def test_bad_arguments_name_the_op_and_the_problem(call, match):
+    from captionless3d.errors import DataError
+
+    with pytest.raises(DataError, match=match):
+        call()
