@@ -87,6 +87,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     metrics = next((c.metrics for c in callbacks if getattr(c, "metrics", None) is not None), None)
     summary = {
         "experiment": cfg.experiment_name,
+        "seed": int(cfg.seed),
         "run_dir": str(run_dir),
         "stage_seconds": prepared.timings,
         "wall_seconds": round(time.perf_counter() - started, 1),

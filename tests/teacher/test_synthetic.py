@@ -152,3 +152,20 @@ def test_masked_photos_without_masks_is_a_clear_error(fake_collection):
     fake_collection.masks = None
     with pytest.raises(DataError, match="fake: masked_photos needs photo masks"):
         syn.teacher_training_data(fake_collection, masked_photos=True)
+
+
+def test_worlds_that_differ_only_in_student_splits_share_one_teacher(tmp_path, monkeypatch):
+    from captionless3d.data.synthetic import ensure_world
+
+    base = dict(seed=2, categories=["chair", "mug"], n_teacher=3, n_val=1, n_test=1, n_points=64, n_views=2,
+                image_size=32, photos_per_object=1, progress=False)
+    small = ensure_world(tmp_path / "worlds", n_train=1, **base)
+    large = ensure_world(tmp_path / "worlds", n_train=4, **base)
+    cfg = dict(model_config=MICRO, model_name="micro-syn", epochs=1, batch_size=4, max_steps=1, progress=False,
+               eval_split=None)
+    first = syn.ensure_synthetic_teacher(small, tmp_path / "teachers", **cfg)
+    monkeypatch.setattr(syn, "train_synthetic_teacher", lambda *a, **k: pytest.fail("retrained"))
+    assert syn.ensure_synthetic_teacher(large, tmp_path / "teachers", **cfg).id == first.id
+    other = ensure_world(tmp_path / "worlds", n_train=1, **{**base, "n_teacher": 2})
+    with pytest.raises(BaseException, match="retrained"):  # a different teacher split trains a new teacher
+        syn.ensure_synthetic_teacher(other, tmp_path / "teachers", **cfg)

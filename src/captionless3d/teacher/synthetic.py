@@ -555,7 +555,7 @@ def ensure_synthetic_teacher(
     """Load the synthetic teacher for ``world`` from ``out_root``, training it first if no matching manifest exists.
 
     The directory is ``out_root/<model_name>-<key hash>``; a file lock makes concurrent callers train it once. The
-    manifest key holds the world's fingerprint (plus split and image domains) and the config/hyper-parameter hash.
+    manifest key holds the fingerprint of the world's ``split`` (plus the image domains) and the config/hyper-parameter hash.
     After training, zero-shot accuracy on ``eval_split`` is stored in the manifest's ``extra``.
     """
     from filelock import FileLock
@@ -566,7 +566,10 @@ def ensure_synthetic_teacher(
     cfg = load_model_config(model_config if model_config is not None else SYNTHETIC_CLIP_TINY)
     hparams = {**DEFAULT_TRAIN, "seed": 0, "max_steps": None, **train_cfg}
     masked = bool(hparams.get("masked_photos", False))
-    data_fp = stable_hash({"collection": world.fingerprint, "split": split,
+    # a synthetic world fingerprints each split on its own, so worlds that differ only in their student splits share
+    # one teacher; other collections are identified as a whole
+    split_fp = getattr(world, "split_fingerprint", None)
+    data_fp = stable_hash({"collection": split_fp(split) if split_fp else world.fingerprint, "split": split,
                            "images": "views+photos" + ("+masked" if masked else "")})
     n_views = int(world.views.shape[1])
     photos = getattr(world, "photos", None)

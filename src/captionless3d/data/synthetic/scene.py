@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from captionless3d.data.collection import SPLITS
 from captionless3d.data.synthetic.geometry import MeshBuilder, normalize_mesh, sample_surface
 from captionless3d.data.synthetic.render import Camera, SceneItem, orbit_camera, render_scenes, shade_faces, to_uint8
-from captionless3d.data.synthetic.shapes import CATEGORIES, Params
+from captionless3d.data.synthetic.shapes import CATEGORIES, COLORS, Params
 from captionless3d.data.synthetic.texts import make_captions
 
 NEAR_DUPLICATE_PROB = 0.3  # share of objects drawn as a jittered copy of one of a few per-sub-type prototypes
@@ -25,6 +25,15 @@ N_PROTOTYPES = 4
 RENDER_ELEVATION = 30.0
 RENDER_DISTANCE = 2.6
 RENDER_FOCAL = 2.2
+
+#: How the images of an object are coloured.
+#: ``object``: every render and photo shows the object's own part colours (worlds v1/v2), so colour identifies an
+#: object between a photo and a render. ``per_image``: each render and each photo draws every part colour afresh
+#: from the object's palette (world v3): only geometry identifies the object, as a point cloud sees it.
+#: ``grey``: every face the same grey (what a shape looks like without colour; used to measure what colour carries).
+COLOUR_MODES = ("object", "per_image", "grey")
+GREY = (0.62, 0.62, 0.62)
+_COLOUR_JITTER = 0.05  # the per-slot jitter of Params.color
 
 
 def _code(text: str) -> int:
@@ -44,12 +53,20 @@ class ObjectSpec:
     attributes: dict
     captions: list[str]
     photo_rng: np.random.Generator = field(repr=False)
+    colours: str = "object"  # one of COLOUR_MODES
+    palette: tuple[str, ...] = ()  # colour names the object's parts may take (``per_image``)
+    colour_rng: np.random.Generator | None = field(default=None, repr=False)
 
 
-def make_object(seed: int, category: str, split: str, index: int, n_points: int, n_captions: int = 4) -> ObjectSpec:
+def make_object(seed: int, category: str, split: str, index: int, n_points: int, n_captions: int = 4,
+                colours: str = "object") -> ObjectSpec:
+    if colours not in COLOUR_MODES:
+        raise ValueError(f"colours: expected one of {COLOUR_MODES}, got {colours!r}")
     cat = CATEGORIES[category]
     root = np.random.SeedSequence([seed, _code(category), SPLITS.index(split), index])
-    s_shape, s_pts, s_photo, s_text, s_dup = root.spawn(5)
+    # a sixth child for the per-image colours: spawn(6)[:5] == spawn(5), so the other streams (and thus worlds
+    # built before colour modes existed) are unchanged
+    s_shape, s_pts, s_photo, s_text, s_dup, s_colour = root.spawn(6)
     own = np.random.default_rng(s_shape)
     subtype = index % len(cat.subtypes)
     dup = np.random.default_rng(s_dup)
@@ -66,9 +83,32 @@ def make_object(seed: int, category: str, split: str, index: int, n_points: int,
     v = normalize_mesh(v, f)
     pts = sample_surface(v, f, n_points, np.random.default_rng(s_pts))
     attrs = {**attrs, "params": params.values, "prototype": proto_id, "n_faces": int(len(f))}
-    caps = make_captions(category, cat.subtypes[subtype], cat.nouns[subtype], attrs, np.random.default_rng(s_text), n_captions)
+    caps = make_captions(category, cat.subtypes[subtype], cat.nouns[subtype], attrs, np.random.default_rng(s_text),
+                         n_captions, colour=colours == "object")
     return ObjectSpec(f"{category}/{split}/{index:04d}", category, subtype, split, v, f, c, pts, attrs, caps,
-                      np.random.default_rng(s_photo))
+                      np.random.default_rng(s_photo), colours, tuple(params.palette) or tuple(COLORS),
+                      np.random.default_rng(s_colour))
+
+
+def image_albedo(obj: ObjectSpec, colours: str | None = None) -> np.ndarray:
+    """Face albedos ``(F, 3)`` for one image of ``obj`` under ``colours`` (default: the object's own mode).
+
+    ``per_image`` groups the faces by their stored colour (one group per part colour) and gives each group a colour
+    drawn from the object's palette with the jitter of :meth:`Params.color`; every call draws again, from the
+    object's own colour stream, so images are reproducible and independent of batching.
+    """
+    colours = obj.colours if colours is None else colours
+    if colours == "object":
+        return obj.colors
+    if colours == "grey":
+        return np.full(obj.colors.shape, GREY, dtype=np.float64)
+    if colours != "per_image":
+        raise ValueError(f"colours: expected one of {COLOUR_MODES}, got {colours!r}")
+    groups, inverse = np.unique(obj.colors, axis=0, return_inverse=True)
+    rng = obj.colour_rng
+    names = [obj.palette[i] for i in rng.integers(len(obj.palette), size=len(groups))]
+    drawn = np.asarray([COLORS[n] for n in names]) + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, (len(groups), 3))
+    return np.clip(drawn, 0.0, 1.0)[inverse.reshape(-1)]
 
 
 def view_angles(n_views: int) -> list[tuple[float, float]]:
@@ -81,13 +121,14 @@ def _render_light(cam: Camera) -> torch.Tensor:
     return light / light.norm()
 
 
-def view_items(obj: ObjectSpec, n_views: int) -> list[SceneItem]:
+def view_items(obj: ObjectSpec, n_views: int, colours: str | None = None) -> list[SceneItem]:
+    """The white-background renders of ``obj`` from :func:`view_angles`; ``colours`` overrides the object's mode."""
     v = torch.as_tensor(obj.vertices, dtype=torch.float32)
     f = torch.as_tensor(obj.faces)
-    albedo = torch.as_tensor(obj.colors, dtype=torch.float32)
     tag = torch.ones(len(f), dtype=torch.bool)
     items = []
     for az, el in view_angles(n_views):
+        albedo = torch.as_tensor(image_albedo(obj, colours), dtype=torch.float32)
         cam = orbit_camera(az, el, RENDER_DISTANCE, RENDER_FOCAL)
         col = shade_faces(v, f, albedo, torch.tensor(cam.eye, dtype=torch.float32), _render_light(cam), 0.38, 0.62)
         items.append(SceneItem(v, f, col, tag, cam, None))
@@ -156,7 +197,7 @@ def photo_items(obj: ObjectSpec, n_photos: int, image_size: int) -> list[SceneIt
         cam = orbit_camera(az, el, rng.uniform(2.3, 3.3), RENDER_FOCAL * rng.uniform(0.9, 1.2), target=tuple(target),
                            roll_deg=float(rng.normal(0, 6)))
         eye = np.asarray(cam.eye)
-        albedo = obj.colors * rng.uniform(0.7, 1.2) * (1 + rng.uniform(-0.15, 0.15, 3))
+        albedo = image_albedo(obj) * rng.uniform(0.7, 1.2) * (1 + rng.uniform(-0.15, 0.15, 3))
         hue_shift = rng.uniform(-0.1, 0.1, 3)
         albedo = np.clip(albedo + hue_shift, 0, 1)
         verts, faces, colors, tags = [v_obj], [obj.faces], [albedo], [np.ones(len(obj.faces), bool)]

@@ -39,6 +39,7 @@ class Params:
     def __init__(self, proto: np.random.Generator, own: np.random.Generator, jitter: float = 0.0) -> None:
         self.proto, self.own, self.jitter = proto, own, jitter
         self.values: dict[str, float | int | str | bool] = {}
+        self.palette: list[str] = []  # every colour name any colour slot of this object could have drawn
 
     def u(self, name: str, lo: float, hi: float) -> float:
         v = float(self.proto.uniform(lo, hi))
@@ -64,6 +65,7 @@ class Params:
         return v
 
     def color(self, name: str, options: Sequence[str]) -> tuple[str, np.ndarray]:
+        self.palette += [o for o in dict.fromkeys(options) if o not in self.palette]
         cname = self.pick(name, options)
         base = np.asarray(COLORS[cname])
         jit = self.proto.uniform(-0.05, 0.05, 3) + (self.own.uniform(-0.02, 0.02, 3) if self.jitter > 0 else 0.0)

@@ -23,6 +23,21 @@ _CAPTION_TEMPLATES = (
     "a rendering of a {color} {category}: a {subtype} one with {feat1}",
 )
 
+# World v3 (``colours="per_image"``): every image draws its colours afresh, so a caption that named the object's
+# colour would be wrong for most of its images. Same count and order as above, so the object's RNG picks the same
+# template positions.
+_SHAPE_ONLY_TEMPLATES = (
+    "a {noun}",
+    "a {noun} with {feats}",
+    "a {size} {noun}",
+    "a 3d model of a {noun} with {feat1}",
+    "this {category} is a {noun} that has {feats}",
+    "a {size} {noun}, with {feat1}",
+    "{A_noun} with {feats}",
+    "a rendering of a {category}: a {subtype} one with {feat1}",
+)
+assert len(_SHAPE_ONLY_TEMPLATES) == len(_CAPTION_TEMPLATES)
+
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
@@ -37,16 +52,19 @@ def _join(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def make_captions(category: str, subtype: str, noun: str, attrs: dict, rng: np.random.Generator, n: int = 4) -> list[str]:
-    """``n`` distinct templated captions for one object (templates chosen with the object's own RNG)."""
+def make_captions(category: str, subtype: str, noun: str, attrs: dict, rng: np.random.Generator, n: int = 4,
+                  *, colour: bool = True) -> list[str]:
+    """``n`` distinct templated captions for one object (templates chosen with the object's own RNG); with
+    ``colour=False`` they describe the shape only (no colour word)."""
     feats = list(attrs.get("features", []))
     fields = {
         "color": attrs.get("color", "plain"), "noun": noun, "category": category, "subtype": subtype,
         "size": attrs.get("size", "regular"), "feats": _join(feats), "feat1": feats[0] if feats else "a simple shape",
         "A_noun": f"{_article(noun)} {noun}",
     }
-    order = rng.permutation(len(_CAPTION_TEMPLATES))[:n]
-    return [_CAPTION_TEMPLATES[i].format(**fields) for i in sorted(order)]
+    templates = _CAPTION_TEMPLATES if colour else _SHAPE_ONLY_TEMPLATES
+    order = rng.permutation(len(templates))[:n]
+    return [templates[i].format(**fields) for i in sorted(order)]
 
 
 # --------------------------------------------------------------------------------------------- landmarks

@@ -20,7 +20,7 @@ import numpy as np
 from filelock import FileLock
 
 from captionless3d.data.collection import SPLITS, SplitIndexMixin
-from captionless3d.data.synthetic.scene import make_object, render_objects, view_angles
+from captionless3d.data.synthetic.scene import COLOUR_MODES, make_object, render_objects, view_angles
 from captionless3d.data.synthetic.shapes import ALL_CATEGORIES, CATEGORIES, DEFAULT_CATEGORIES
 from captionless3d.data.synthetic.texts import make_landmarks
 from captionless3d.errors import CacheError, ConfigError
@@ -69,8 +69,13 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 
 def world_params(*, seed: int = 0, categories: Sequence[str] | str | None = None, n_teacher: int = 60, n_train: int = 80,
                  n_val: int = 10, n_test: int = 20, n_points: int = 2048, n_views: int = 8, image_size: int = 64,
-                 photos_per_object: int = 2, supersample: int = 1) -> dict[str, Any]:
-    """Validated, canonical build parameters (what the cache key is made of)."""
+                 photos_per_object: int = 2, supersample: int = 1, colours: str = "object") -> dict[str, Any]:
+    """Validated, canonical build parameters (what the cache key is made of).
+
+    ``colours`` (:data:`~captionless3d.data.synthetic.scene.COLOUR_MODES`): ``object`` (worlds v1/v2: every image
+    shows the object's own colours) or ``per_image`` (world v3: each render and photo draws its colours afresh, so
+    only geometry identifies an object; captions then name no colour).
+    """
     params = {
         "seed": _check_int("seed", seed, 0),
         "categories": _resolve_categories(categories),
@@ -84,6 +89,10 @@ def world_params(*, seed: int = 0, categories: Sequence[str] | str | None = None
         "photos_per_object": _check_int("photos_per_object", photos_per_object, 0),
         "supersample": _check_int("supersample", supersample, 1),
     }
+    if colours not in ("object", "per_image"):
+        raise ConfigError(f"colours: expected 'object' or 'per_image', got {colours!r}")
+    if colours != "object":  # absent for the original mode, so worlds built before colour modes keep their hash
+        params["colours"] = colours
     if params["n_teacher"] + params["n_train"] + params["n_val"] + params["n_test"] == 0:
         raise ConfigError("n_teacher/n_train/n_val/n_test: all counts are 0, the world would be empty")
     if params["image_size"] > 1024:
@@ -141,7 +150,8 @@ def _object_plan(params: dict[str, Any]) -> list[tuple[str, str, int]]:
 
 
 def _build_chunk(params: dict[str, Any], jobs: list[tuple[str, str, int]]):
-    objs = [make_object(params["seed"], c, s, i, params["n_points"]) for c, s, i in jobs]
+    colours = params.get("colours", "object")
+    objs = [make_object(params["seed"], c, s, i, params["n_points"], colours=colours) for c, s, i in jobs]
     views, photos, masks = render_objects(objs, params["n_views"], params["photos_per_object"], params["image_size"],
                                           params["supersample"])
     pts = np.stack([o.points for o in objs])
@@ -161,7 +171,7 @@ def _is_complete(directory: Path, params: dict[str, Any]) -> bool:
 def build_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[str] | str | None = None,
                 n_teacher: int = 60, n_train: int = 80, n_val: int = 10, n_test: int = 20, n_points: int = 2048,
                 n_views: int = 8, image_size: int = 64, photos_per_object: int = 2, supersample: int = 1,
-                workers: int = 0, progress: bool = True) -> Path:
+                colours: str = "object", workers: int = 0, progress: bool = True) -> Path:
     """Build the world under ``root`` (created if missing) unless a complete one with the same parameters exists.
 
     Counts are per category. ``workers`` > 0 renders in a "spawn" process pool (byte-identical results; not part of
@@ -171,7 +181,7 @@ def build_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[
     """
     params = world_params(seed=seed, categories=categories, n_teacher=n_teacher, n_train=n_train, n_val=n_val,
                           n_test=n_test, n_points=n_points, n_views=n_views, image_size=image_size,
-                          photos_per_object=photos_per_object, supersample=supersample)
+                          photos_per_object=photos_per_object, supersample=supersample, colours=colours)
     workers = _check_int("workers", workers, 0)
     root = Path(root)
     try:
@@ -292,6 +302,15 @@ class SyntheticWorld(SplitIndexMixin):
             if len(getattr(self, name)) != n:
                 raise CacheError(f"{path / (name + '.npy')}: has {len(getattr(self, name))} rows, objects.json has {n}")
 
+    def split_fingerprint(self, split: str) -> str:
+        """Identifies the content of one split only. An object is a function of ``(seed, category, split, index)``
+        and the rendering parameters, so two worlds that differ only in the sizes of *other* splits share it: a
+        teacher trained on the teacher split is then reused by a world with more student-train objects."""
+        if split not in SPLITS:
+            raise ConfigError(f"split: expected one of {SPLITS}, got {split!r}")
+        own = {k: v for k, v in self.params.items() if not (k.startswith("n_") and k[2:] in SPLITS)}
+        return stable_hash({**world_key(own), "split": split, "count": self.params[f"n_{split}"]})
+
     def __repr__(self) -> str:
         return f"SyntheticWorld({self.path}, objects={len(self)}, categories={len(self.categories)})"
 
@@ -318,10 +337,11 @@ def load_world(path: str | os.PathLike, *, verify: bool = True) -> SyntheticWorl
 def ensure_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[str] | str | None = None,
                  n_teacher: int = 60, n_train: int = 80, n_val: int = 10, n_test: int = 20, n_points: int = 2048,
                  n_views: int = 8, image_size: int = 64, photos_per_object: int = 2, supersample: int = 1,
-                 workers: int = 0, progress: bool = True, verify: bool = True) -> SyntheticWorld:
+                 colours: str = "object", workers: int = 0, progress: bool = True,
+                 verify: bool = True) -> SyntheticWorld:
     """Build the world if needed, then load it."""
     path = build_world(root, seed=seed, categories=categories, n_teacher=n_teacher, n_train=n_train, n_val=n_val,
                        n_test=n_test, n_points=n_points, n_views=n_views, image_size=image_size,
-                       photos_per_object=photos_per_object, supersample=supersample, workers=workers,
-                       progress=progress)
+                       photos_per_object=photos_per_object, supersample=supersample, colours=colours,
+                       workers=workers, progress=progress)
     return load_world(path, verify=verify)

@@ -1,0 +1,98 @@
+"""World v3: per-image colours, grey renders, and per-split fingerprints (tiny worlds)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from captionless3d.data.synthetic import ensure_world, world
+from captionless3d.data.synthetic.render import render_scenes, to_uint8
+from captionless3d.data.synthetic.scene import image_albedo, make_object, view_items
+from captionless3d.data.synthetic.shapes import COLORS
+from captionless3d.errors import ConfigError
+
+TINY = dict(seed=5, categories=["chair", "car", "lamp"], n_teacher=2, n_train=2, n_val=1, n_test=2, n_points=256,
+            n_views=4, image_size=32, photos_per_object=2, progress=False)
+COLOUR_WORDS = set(COLORS)
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colours")
+    return ensure_world(root, **TINY), ensure_world(root, **TINY, colours="per_image")
+
+
+def _object_pixels(views: np.ndarray) -> np.ndarray:
+    """(..., H, W) bool: pixels that are not the plain white background."""
+    return (views < 250).any(axis=-1)
+
+
+def test_object_mode_keeps_the_original_world_hash():
+    params = world.world_params(**{k: v for k, v in TINY.items() if k != "progress"})
+    assert "colours" not in params  # the key of worlds built before colour modes existed
+    v3 = world.world_params(**{k: v for k, v in TINY.items() if k != "progress"}, colours="per_image")
+    assert v3["colours"] == "per_image" and world.world_key(v3) != world.world_key(params)
+    with pytest.raises(ConfigError, match="colours"):
+        world.world_params(colours="rainbow")
+
+
+def test_per_image_colours_change_colour_not_geometry(worlds):
+    v1, v3 = worlds
+    np.testing.assert_array_equal(v1.points, v3.points)  # same objects
+    np.testing.assert_array_equal(_object_pixels(v1.views), _object_pixels(v3.views))  # same silhouettes
+    np.testing.assert_array_equal(v1.masks, v3.masks)  # same photo geometry and cameras
+    assert not np.array_equal(v1.views, v3.views)
+    # in v1 an object's renders share its colours; in v3 they are redrawn per view
+    def mean_colour_spread(w):
+        views = np.asarray(w.views, dtype=np.float64)
+        mask = _object_pixels(w.views)[..., None]
+        mean = (views * mask).sum(axis=(2, 3)) / np.maximum(mask.sum(axis=(2, 3)), 1)  # (N, V, 3)
+        return float(mean.std(axis=1).mean())
+    assert mean_colour_spread(v3) > 3 * mean_colour_spread(v1)
+
+
+def test_per_image_captions_name_no_colour(worlds):
+    v1, v3 = worlds
+    assert any(COLOUR_WORDS & set(c.replace(",", " ").split()) for caps in v1.captions for c in caps)
+    for caps in v3.captions:
+        for caption in caps:
+            assert not COLOUR_WORDS & set(caption.replace(",", " ").split()), caption
+
+
+def test_per_image_draws_from_the_palette_and_is_reproducible():
+    a = make_object(1, "sofa", "train", 3, 64, colours="per_image")
+    b = make_object(1, "sofa", "train", 3, 64, colours="per_image")
+    first, second = image_albedo(a), image_albedo(a)
+    assert not np.array_equal(first, second)  # a fresh draw per image
+    np.testing.assert_array_equal(first, image_albedo(b))  # from the object's own seeded stream
+    # faces that shared a colour still share one: parts are recoloured whole
+    _, groups = np.unique(a.colors, axis=0, return_inverse=True)
+    for g in np.unique(groups):
+        assert len(np.unique(first[groups.reshape(-1) == g], axis=0)) == 1
+    palette = np.asarray([COLORS[n] for n in a.palette])
+    distance = np.abs(first[:, None, :] - palette[None]).max(axis=2).min(axis=1)
+    assert distance.max() <= 0.05 + 1e-9  # a palette colour plus the slot jitter
+    assert len(set(a.palette)) == len(a.palette)
+
+
+def test_grey_renders_are_grey_with_the_same_silhouette():
+    obj = make_object(0, "chair", "test", 1, 64)
+    coloured, _ = render_scenes(view_items(obj, 3), 32, 32)
+    grey, _ = render_scenes(view_items(obj, 3, "grey"), 32, 32)
+    coloured, grey = to_uint8(coloured), to_uint8(grey)
+    np.testing.assert_array_equal(_object_pixels(coloured), _object_pixels(grey))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    with pytest.raises(ValueError, match="colours"):
+        image_albedo(obj, "sepia")
+
+
+def test_split_fingerprint_ignores_the_other_splits(tmp_path):
+    small = ensure_world(tmp_path, **{**TINY, "n_train": 1})
+    large = ensure_world(tmp_path, **{**TINY, "n_train": 3})
+    assert small.fingerprint != large.fingerprint
+    assert small.split_fingerprint("teacher") == large.split_fingerprint("teacher")
+    assert small.split_fingerprint("train") != large.split_fingerprint("train")
+    np.testing.assert_array_equal(small.views[small.indices("teacher")], large.views[large.indices("teacher")])
+    grey_free = ensure_world(tmp_path, **{**TINY, "n_train": 1}, colours="per_image")
+    assert grey_free.split_fingerprint("teacher") != small.split_fingerprint("teacher")
+    with pytest.raises(ConfigError, match="split"):
+        small.split_fingerprint("training")
