@@ -7,6 +7,15 @@ Every ``summary.json`` found below the given paths is one run; runs are grouped 
 is printed as Markdown and written as results.md/.csv/.json into ``--out`` (default: the first path). ``--same-category``
 also prints the full-gallery retrieval breakdown where every query ranks only its own category and writes it into
 ``<out>/samecat/``. ``scripts/reproduce_table.py`` trains the runs and builds on the functions here.
+
+Paired comparison (variants trained with paired seeds: the same seed gives every variant the same initial weights and
+batch order): runs are also grouped by experiment and seed (``seed`` of summary.json, else the top-level ``seed:`` of
+``<run dir>/.hydra/config.yaml``; two runs with the same experiment and seed are an error). Every variant is compared
+with ``--reference`` (default ``baseline``) over the seeds both have: mean difference, its 95 % Student-t interval
+across seeds and wins/n per ``--paired-metrics`` key (default: the headline metrics of
+``captionless3d.evaluation.paired``); printed after the table and written as paired.md/.json into ``--out``. It is
+skipped, with a message on stderr, when the reference has no finished run or when some run's seed is unknown.
+Put ``--paired-metrics`` / ``--lower-is-better`` (both take several values) after the run directories.
 """
 from __future__ import annotations
 
@@ -16,9 +25,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import yaml
+
 from captionless3d.errors import Captionless3DError, DataError
+from captionless3d.evaluation.paired import (
+    DEFAULT_PAIRED_METRICS,
+    PairedComparison,
+    paired_differences,
+    paired_markdown,
+    paired_to_dict,
+)
 from captionless3d.evaluation.report import ResultsTable, mean_std_table
 from captionless3d.evaluation.runner import PROTOCOL
+from captionless3d.utils.atomic import atomic_write_bytes, atomic_write_json
 
 # The same-category breakdown of the full-gallery protocol: each query ranks only the gallery items of its own
 # category (the eval's ``retrieval/{nobg|bg}/gallery_samecat/...`` keys), i.e. fine-grained retrieval among
@@ -119,6 +138,101 @@ def samecat_table(
     )
 
 
+def find_seed(summary_path: Path, summary: dict) -> int | None:
+    """The run's seed: ``summary["seed"]``, else the top-level ``seed:`` of ``<run dir>/.hydra/config.yaml``; ``None``
+    when neither exists. :class:`DataError` (naming the file) when the one found is not an integer or the YAML file is
+    unreadable."""
+    if "seed" in summary:
+        source, seed = summary_path, summary["seed"]
+    else:
+        config_path = summary_path.parent / ".hydra" / "config.yaml"
+        if not config_path.is_file():
+            return None
+        try:
+            config = yaml.safe_load(config_path.read_text("utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise DataError(f"{config_path}: unreadable Hydra config ({exc})") from exc
+        if not isinstance(config, dict) or "seed" not in config:
+            return None
+        source, seed = config_path, config["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"{source}: 'seed' must be an integer, got {seed!r}")
+    return seed
+
+
+def seed_of(summary_path: Path, summary: dict) -> int:
+    """:func:`find_seed`, or :class:`DataError` naming the summary file when the run records no seed."""
+    seed = find_seed(summary_path, summary)
+    if seed is None:
+        raise DataError(f"{summary_path}: no seed (neither a 'seed' key in it nor a top-level 'seed:' in "
+                        f"{summary_path.parent / '.hydra' / 'config.yaml'})")
+    return seed
+
+
+def _finished(summaries: list[tuple[Path, dict]], benchmark: str) -> list[tuple[Path, dict, dict[str, float]]]:
+    """``(path, summary, metrics)`` of the runs with ``benchmark`` metrics (the others :func:`collect_runs` reports)."""
+    found = []
+    for summary_path, summary in summaries:
+        metrics = (summary.get("metrics") or {}).get(benchmark)
+        if metrics:
+            found.append((summary_path, summary, metrics))
+    return found
+
+
+def unseeded_runs(summaries: list[tuple[Path, dict]], benchmark: str) -> list[Path]:
+    """Summary files of the finished ``benchmark`` runs whose seed is unknown (:func:`find_seed` is ``None``)."""
+    return [path for path, summary, _ in _finished(summaries, benchmark) if find_seed(path, summary) is None]
+
+
+def collect_seeded_runs(summaries: list[tuple[Path, dict]], benchmark: str) -> dict[str, dict[int, dict[str, float]]]:
+    """``{experiment: {seed: metrics}}`` of the finished ``benchmark`` runs (unfinished ones are left out silently;
+    :func:`collect_runs` reports them). :class:`DataError` when a run has no seed (:func:`seed_of`) or when two runs
+    share experiment and seed (naming both summary files)."""
+    groups: dict[str, dict[int, dict[str, float]]] = {}
+    origin: dict[tuple[str, int], Path] = {}
+    for summary_path, summary, metrics in _finished(summaries, benchmark):
+        experiment, seed = experiment_of(summary_path, summary), seed_of(summary_path, summary)
+        if (experiment, seed) in origin:
+            raise DataError(f"two runs of experiment {experiment!r} with seed {seed}: {origin[(experiment, seed)]} "
+                            f"and {summary_path} (pass only one of them)")
+        origin[(experiment, seed)] = summary_path
+        groups.setdefault(experiment, {})[seed] = dict(metrics)
+    return groups
+
+
+def paired_report(
+    summaries: list[tuple[Path, dict]],
+    benchmark: str,
+    reference: str = "baseline",
+    metrics: Sequence[str] | None = None,
+    *,
+    lower_is_better: Sequence[str] = (),
+) -> PairedComparison | None:
+    """The paired comparison of every experiment with ``reference`` over matched seeds
+    (:func:`captionless3d.evaluation.paired.paired_differences` on :func:`collect_seeded_runs`); ``metrics`` default:
+    ``DEFAULT_PAIRED_METRICS``. ``None`` when ``reference`` has no finished ``benchmark`` run (the caller says so);
+    :class:`DataError` for a run without seed or a duplicate (experiment, seed)."""
+    runs = collect_seeded_runs(summaries, benchmark)
+    if reference not in runs:
+        return None
+    return paired_differences(runs, reference, DEFAULT_PAIRED_METRICS if metrics is None else metrics,
+                              lower_is_better)
+
+
+def paired_title(benchmark: str, reference: str) -> str:
+    return f"{benchmark}: paired differences vs {reference} over matched seeds"
+
+
+def save_paired(comparison: PairedComparison, directory: str | Path, benchmark: str) -> dict[str, Path]:
+    """Write ``paired.md`` and ``paired.json`` (with the benchmark name) atomically into ``directory``."""
+    d = Path(directory)
+    paths = {"md": d / "paired.md", "json": d / "paired.json"}
+    md = paired_markdown(comparison, title=paired_title(benchmark, comparison.reference))
+    atomic_write_bytes(paths["md"], md.encode("utf-8"))
+    atomic_write_json(paths["json"], {"benchmark": benchmark, **paired_to_dict(comparison)})
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="run or multirun directories")
@@ -126,10 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write results.md/.csv/.json")
     parser.add_argument("--same-category", action="store_true",
                         help="also the same-category gallery retrieval table (written into <out>/samecat/)")
+    parser.add_argument("--reference", default="baseline",
+                        help="experiment every other one is compared with, seed by seed (default: baseline)")
+    parser.add_argument("--paired-metrics", nargs="+", metavar="KEY", default=None,
+                        help="metric keys of the paired comparison (default: %s)" % " ".join(DEFAULT_PAIRED_METRICS))
+    parser.add_argument("--lower-is-better", nargs="+", metavar="PATTERN", default=[],
+                        help="metric key patterns (fnmatch) where lower is better in the paired comparison "
+                             "(default: none)")
     args = parser.parse_args(argv)
     try:
         summaries = find_summaries(args.paths)
         groups = collect_runs(args.paths, args.benchmark, summaries)
+        unseeded = unseeded_runs(summaries, args.benchmark)
+        if not unseeded:
+            collect_seeded_runs(summaries, args.benchmark)  # a duplicate (experiment, seed) fails before any output
         params_m = params_of_runs(summaries, args.benchmark)
         table = comparison_table(groups, args.benchmark, params_m=params_m)
         print(table.to_markdown())
@@ -139,6 +263,18 @@ def main(argv: list[str] | None = None) -> int:
             samecat = samecat_table(groups, args.benchmark, params_m=params_m)
             print(samecat.to_markdown())
             samecat.save(Path(out) / "samecat")
+        if unseeded:
+            print(f"paired comparison skipped: {len(unseeded)} run(s) record no seed (no 'seed' in summary.json, no "
+                  f"'seed:' in .hydra/config.yaml), e.g. {unseeded[0]}", file=sys.stderr)
+        else:
+            comparison = paired_report(summaries, args.benchmark, args.reference, args.paired_metrics,
+                                       lower_is_better=args.lower_is_better)
+            if comparison is None:
+                print(f"paired comparison skipped: reference experiment {args.reference!r} has no finished "
+                      f"'{args.benchmark}' run (experiments: {sorted(groups)}; see --reference)", file=sys.stderr)
+            else:
+                print(paired_markdown(comparison, title=paired_title(args.benchmark, args.reference)))
+                save_paired(comparison, out, args.benchmark)
     except Captionless3DError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
