@@ -45,6 +45,10 @@ def test_train_writes_checkpoint_tensorboard_and_results(trained):
     for key in ("zeroshot/top1", "retrieval/nobg/paper/i2s_top1", "retrieval/bg/gallery/s2i_r5"):
         assert 0.0 <= metrics[key] <= 100.0, key
     assert "shuffled" in (run_dir / "results.md").read_text()
+    oracle = summary["oracle"]["heldout"]
+    assert 0.0 <= oracle["retrieval/nobg/gallery/i2s_r1"] <= 100.0 and summary["seed"] == 0
+    if oracle["zeroshot/top1"] > 0:
+        assert metrics["efficiency/zeroshot_top1"] == pytest.approx(100 * metrics["zeroshot/top1"] / oracle["zeroshot/top1"])
 
 
 def test_second_run_reuses_caches_and_resume_from_last(trained):
@@ -101,8 +105,13 @@ def test_eval_all_experiments_one_table(trained):
         assert "leaving out" in proc.stdout + proc.stderr
     assert all("zeroshot/top1" in row["metrics"] and "zeroshot_openai_imagenet/top1" in row["metrics"] for row in table["rows"])
     assert "validation" in table["protocol"]
+    # the synthetic world has renders: a teacher-oracle reference row, and every model's distillation efficiency
+    oracle = [row for row in table["rows"] if row["reference"]]
+    assert [row["name"] for row in oracle] == ["teacher-oracle"]
+    assert all("efficiency/zeroshot_top1" in row["metrics"] for row in table["rows"] if not row["reference"])
     for name in names:
-        assert (run_dir / "models" / name / "results" / "heldout" / "results.json").is_file()
+        if name != "teacher-oracle":
+            assert (run_dir / "models" / name / "results" / "heldout" / "results.json").is_file()
     assert "i2l2" in proc.stdout and "baseline" in proc.stdout
 
 

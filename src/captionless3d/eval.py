@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from captionless3d.errors import Captionless3DError, CheckpointError, ConfigError
 from captionless3d.evaluation.callbacks import load_encoder_weights, run_benchmarks
+from captionless3d.evaluation.oracle import evaluate_oracles
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate
 from captionless3d.pipeline import Prepared, prepare
 from captionless3d.training.module import CHECKPOINT_FORMAT_VERSION
@@ -152,8 +153,10 @@ def _unique_name(name: str, taken: Sequence[str], path: Path) -> str:
     return name if name not in taken else f"{name} ({path.parents[1].name})"
 
 
-def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str]) -> tuple[ModelResult, Prepared]:
-    """Evaluate one training checkpoint on its benchmarks; the row is named after its experiment."""
+def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str],
+                        oracles: dict[str, dict[str, Any]] | None = None) -> tuple[ModelResult, Prepared]:
+    """Evaluate one training checkpoint on its benchmarks; the row is named after its experiment. ``oracles``
+    collects the teacher-oracle metrics of its benchmarks (the first checkpoint evaluated on a benchmark fills it)."""
     meta = load_checkpoint(path)["captionless3d"]
     name = _unique_name(str(meta.get("experiment", path.stem)), taken, path)
     run_cfg = _run_config(cfg, meta["config"])
@@ -167,8 +170,13 @@ def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str]) -> tu
         log.warning("teacher differs from training: %s (train) vs %s (eval)", meta["teacher_id"], prepared.teacher.id)
     encoder = instantiate(run_cfg.model, key="model", embed_dim=meta["teacher_dim"])
     load_encoder_weights(encoder, path)
+    own = evaluate_oracles(prepared.benchmarks)
+    if oracles is not None:
+        for bench, values in own.items():
+            oracles.setdefault(bench, values)
     metrics = run_benchmarks(
-        encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name, checkpoint=str(path)
+        encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name,
+        checkpoint=str(path), oracles=own,
     )
     params_m = sum(p.numel() for p in encoder.parameters()) / 1e6
     budget = comparable_signature(meta)
@@ -177,26 +185,36 @@ def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str]) -> tu
     return ModelResult(name, metrics, params_m, notes), prepared
 
 
-def evaluate_baseline(cfg: DictConfig, name: str, prepared: Prepared) -> ModelResult:
+def evaluate_baseline(cfg: DictConfig, name: str, prepared: Prepared,
+                      oracles: dict[str, dict[str, Any]] | None = None) -> ModelResult:
     """A training-free baseline (``configs/baseline/<name>.yaml``) built around the reference checkpoint's teacher."""
     encoder = instantiate(cfg.baseline[name], key=f"baseline.{name}", teacher=prepared.teacher)
-    metrics = run_benchmarks(encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name)
+    metrics = run_benchmarks(encoder, prepared.benchmarks, model_name=name,
+                             output_dir=Path(cfg.paths.run_dir) / "models" / name, oracles=oracles)
     params_m = sum(p.numel() for p in encoder.parameters() if p.requires_grad) / 1e6
     return ModelResult(name, metrics, params_m, f"training-free, teacher {prepared.teacher.id}")
 
 
-def write_combined_tables(results: Sequence[ModelResult], output_dir: Path) -> str:
-    """One table per benchmark with a row per model; returns (and writes) the Markdown of all of them."""
+def write_combined_tables(results: Sequence[ModelResult], output_dir: Path,
+                          oracles: dict[str, dict[str, Any]] | None = None) -> str:
+    """One table per benchmark with a row per model (and the ``teacher-oracle`` reference row where the benchmark
+    has renders); returns (and writes) the Markdown of all of them."""
+    from captionless3d.evaluation.callbacks import ORACLE_NOTE
+    from captionless3d.evaluation.oracle import ORACLE_NAME
     from captionless3d.evaluation.report import ResultsTable
     from captionless3d.evaluation.runner import PROTOCOL
 
     benchmarks = list(dict.fromkeys(b for r in results for b in r.metrics))
     sections = []
     for bench in benchmarks:
-        table = ResultsTable(protocol=PROTOCOL, title=f"{bench}: all models")
+        oracle = (oracles or {}).get(bench)
+        table = ResultsTable(protocol=PROTOCOL + (f" {ORACLE_NOTE}" if oracle else ""), title=f"{bench}: all models")
         for result in results:
             if bench in result.metrics:
                 table.add(result.name, result.metrics[bench], params_m=result.params_m, notes=result.notes)
+        if oracle:
+            table.add(ORACLE_NAME, oracle, notes="the teacher's own mean render embedding of each shape",
+                      reference=True)
         table.save(output_dir / "results" / bench)
         sections.append(table.to_markdown())
     text = "\n\n".join(sections)
@@ -214,13 +232,14 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
         raise ConfigError("ckpt: no checkpoint selected; baselines need a checkpoint's data and teacher config (ckpt=<path>|latest|all)")
     results: list[ModelResult] = []
     reference: Prepared | None = None
+    oracles: dict[str, dict[str, Any]] = {}
     for path in paths:
-        result, prepared = evaluate_checkpoint(cfg, path, [r.name for r in results])
+        result, prepared = evaluate_checkpoint(cfg, path, [r.name for r in results], oracles)
         results.append(result)
         reference = reference or prepared
     for name in baselines:
-        results.append(evaluate_baseline(cfg, name, reference))
-    combined = write_combined_tables(results, Path(cfg.paths.run_dir))
+        results.append(evaluate_baseline(cfg, name, reference, evaluate_oracles(reference.benchmarks)))
+    combined = write_combined_tables(results, Path(cfg.paths.run_dir), oracles)
     if len(results) > 1:  # a single model's table was already printed by run_benchmarks
         print(combined, flush=True)
     return {r.name: r.metrics for r in results}

@@ -84,7 +84,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    metrics = next((c.metrics for c in callbacks if getattr(c, "metrics", None) is not None), None)
+    evaluation = next((c for c in callbacks if getattr(c, "metrics", None) is not None), None)
+    metrics = evaluation.metrics if evaluation is not None else None
     summary = {
         "experiment": cfg.experiment_name,
         "seed": int(cfg.seed),
@@ -95,6 +96,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         "teacher_id": prepared.teacher.id,
         "metrics": metrics,
+        "oracle": getattr(evaluation, "oracle", None),
     }
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "summary.json", summary)

@@ -40,6 +40,7 @@ class TestSetEvaluation(L.Callback):
         self.model_name = model_name
         self.benchmarks: Mapping[str, Any] = {}
         self.metrics: dict[str, dict[str, Any]] | None = None
+        self.oracle: dict[str, dict[str, Any]] | None = None  # teacher-oracle metrics per benchmark with renders
         self.checkpoint_path: str | None = None
 
     def attach_benchmarks(self, benchmarks: Mapping[str, Any]) -> "TestSetEvaluation":
@@ -57,6 +58,9 @@ class TestSetEvaluation(L.Callback):
             log.info("evaluating validation-selected checkpoint %s", checkpoint)
         else:
             log.warning("no checkpoint was selected on validation; evaluating the final weights")
+        from captionless3d.evaluation.oracle import evaluate_oracles
+
+        self.oracle = evaluate_oracles(self.benchmarks)
         self.metrics = run_benchmarks(
             encoder.to(pl_module.device),
             self.benchmarks,
@@ -66,7 +70,15 @@ class TestSetEvaluation(L.Callback):
             checkpoint=self.checkpoint_path,
             loggers=trainer.loggers,
             step=trainer.global_step,
+            oracles=self.oracle,
         )
+
+
+ORACLE_NOTE = (
+    "teacher-oracle: the shape embedding is the teacher's own L2-normalised mean render-view embedding of the shape "
+    "(what a student that reproduced its targets exactly would reach); distillation efficiency = student / oracle x "
+    "100 (docs/student_gap.md)."
+)
 
 
 def _selection_notes(selection: Mapping[str, Any]) -> str:
@@ -97,6 +109,7 @@ def run_benchmarks(
     loggers: Any = (),
     step: int = 0,
     tensorboard_dir: str | Path | None = "auto",
+    oracles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``encoder`` on each benchmark; print the paper-style tables; write ``results/<benchmark>/results.*``
     (each stating its protocol, including that the checkpoint was selected on val), ``selection.json`` (what the
@@ -107,7 +120,11 @@ def run_benchmarks(
     ``loggers``; without one to a writer in ``tensorboard_dir`` (``"auto"``: ``<output_dir>/tensorboard``; ``None``:
     no TensorBoard). A benchmark's ``runner.artefacts`` options (:data:`.artefacts.ARTEFACT_DEFAULTS`) tune or
     disable them.
+
+    ``oracles`` (:func:`.oracle.evaluate_oracles`): a benchmark that has one gets a ``teacher-oracle`` reference row
+    in its table, and the encoder's metrics get the ``efficiency/...`` keys (student / oracle, percent).
     """
+    from captionless3d.evaluation.oracle import ORACLE_NAME, distillation_efficiency
     from captionless3d.evaluation.artefacts import check_artefact_options, tensorboard_writer, write_benchmark_artefacts
     from captionless3d.evaluation.report import ResultsTable
     from captionless3d.evaluation.runner import KNOWN_PROTOCOLS, describe_protocol, evaluate_encoder
@@ -153,8 +170,14 @@ def run_benchmarks(
                 f"{describe_protocol([p for p in KNOWN_PROTOCOLS if p in protocols])} runner: {bench.runner}. "
                 f"chance levels: {chance}. checkpoint: {checkpoint}"
             )
-            table = ResultsTable(protocol=protocol, title=f"{name} ({bench.collection.name})")
+            oracle = dict((oracles or {}).get(name, {}))
+            metrics.update(distillation_efficiency(metrics, oracle))
+            table = ResultsTable(protocol=protocol + (f" {ORACLE_NOTE}" if oracle else ""),
+                                 title=f"{name} ({bench.collection.name})")
             table.add(model_name, metrics, params_m=params_m, notes=_selection_notes(selection))
+            if oracle:
+                table.add(ORACLE_NAME, oracle, notes="the teacher's own mean render embedding of each shape",
+                          reference=True)
             table.save(bench_dir)
             markdown = table.to_markdown()
             print(markdown, flush=True)

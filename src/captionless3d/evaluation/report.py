@@ -11,6 +11,7 @@ Metric key convention (flat ``dict[str, float]``, values in percent; every produ
 ``retrieval/{nobg|bg}/gallery_samecat/...``        full gallery, each query ranks only its own category
 ``linear_probe/{top1|class_mean_top1}``            linear probe on frozen embeddings (L2 weight chosen on val)
 ``finetune/{top1|class_mean_top1}``                full fine-tune + linear head (epoch chosen on val)
+``efficiency/{zeroshot_top1|{nobg|bg}/gallery_i2s_r1}``  student / teacher oracle x 100 (:mod:`.oracle`)
 =================================================  ==============================================================
 
 ``nobg`` = "w/o background" (photo x mask on black), ``bg`` = "w/ background" (original photo); ``i2s`` = image->shape,
@@ -94,6 +95,9 @@ DEFAULT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("retrieval/bg/gallery/s2i_map", "gallery w/ bg S→I", "mAP"),
     ("retrieval/nobg/gallery_samecat/i2s_r1", "same-cat w/o bg I→S", "R@1"),
     ("retrieval/bg/gallery_samecat/i2s_r1", "same-cat w/ bg I→S", "R@1"),
+    ("efficiency/zeroshot_top1", "distillation efficiency", "zero-shot Top-1"),
+    ("efficiency/nobg/gallery_i2s_r1", "distillation efficiency", "gallery w/o bg I→S R@1"),
+    ("efficiency/bg/gallery_i2s_r1", "distillation efficiency", "gallery w/ bg I→S R@1"),
     ("linear_probe/top1", "linear probe", "Top-1"),
     ("linear_probe/class_mean_top1", "linear probe", "mAcc"),
     ("finetune/top1", "fine-tune", "Top-1"),
@@ -153,6 +157,7 @@ class ResultRow:
     notes: str = ""
     std: dict[str, float] = field(default_factory=dict)
     n_runs: int = 1
+    reference: bool = False  # a reference level (the teacher oracle), not a competing model: never bold
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,6 +165,7 @@ class ResultRow:
             "params_m": self.params_m,
             "notes": self.notes,
             "n_runs": self.n_runs,
+            "reference": self.reference,
             "metrics": dict(self.metrics),
             "std": dict(self.std),
         }
@@ -210,9 +216,11 @@ class ResultsTable:
         return row
 
     def add(
-        self, name: str, metrics: Mapping[str, float], *, params_m: float | None = None, notes: str = ""
+        self, name: str, metrics: Mapping[str, float], *, params_m: float | None = None, notes: str = "",
+        reference: bool = False,
     ) -> ResultRow:
-        return self.add_row(ResultRow(name=name, params_m=params_m, metrics=dict(metrics), notes=notes))
+        return self.add_row(ResultRow(name=name, params_m=params_m, metrics=dict(metrics), notes=notes,
+                                      reference=reference))
 
     # -- rendering ------------------------------------------------------------------------------------------------
     def _visible_columns(self) -> list[tuple[str, str, str]]:
@@ -234,23 +242,25 @@ class ResultsTable:
     def to_markdown(self) -> str:
         """One table: Model | #Params (M) | paper retrieval w/o bg, w/ bg | zero-shot | full gallery | ...
 
-        Columns without any value are left out; the best value of each column is bold (higher is better for all).
+        Columns without any value are left out; the best value of each column among the models is bold (higher
+        is better for all; reference rows such as the teacher oracle are never bold).
         The protocol statement and per-model notes follow the table.
         """
         cols = self._visible_columns()
         head = ["Model", "#Params (M)"] + [f"{g} {h}" for _, g, h in cols]
         lines = [f"# {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         best: dict[str, float] = {}
-        if len(self.rows) > 1:
+        models = [r for r in self.rows if not r.reference]
+        if len(models) > 1:
             for key, _, _ in cols:
-                vals = [r.metrics[key] for r in self.rows if key in r.metrics and math.isfinite(r.metrics[key])]
+                vals = [r.metrics[key] for r in models if key in r.metrics and math.isfinite(r.metrics[key])]
                 if len(vals) > 1:  # bold only when there is something to compare with
                     best[key] = max(vals)
         for r in self.rows:
             cells = [r.name, _fmt(r.params_m, 1)]
             for key, _, _ in cols:
                 c = self._cell(r, key)
-                if key in best and key in r.metrics and round(r.metrics[key], self.digits) == round(best[key], self.digits):
+                if not r.reference and key in best and key in r.metrics and round(r.metrics[key], self.digits) == round(best[key], self.digits):
                     c = f"**{c}**"
                 cells.append(c)
             lines.append("| " + " | ".join(cells) + " |")
@@ -288,7 +298,8 @@ class ResultsTable:
             "key_convention": (
                 "zeroshot/{top1,top5,class_mean_top1}; retrieval/{nobg|bg}/paper/{i2s|s2i}_top{1|5}; "
                 "retrieval/{nobg|bg}/gallery/{i2s|s2i}_{r<k>|map}; retrieval/{nobg|bg}/gallery_samecat/...; "
-                "linear_probe/{top1,class_mean_top1}; finetune/{top1,class_mean_top1}; values in percent"
+                "linear_probe/{top1,class_mean_top1}; finetune/{top1,class_mean_top1}; "
+                "efficiency/{zeroshot_top1,{nobg|bg}/gallery_i2s_r1} (student / teacher oracle); values in percent"
             ),
             "columns": [{"key": k, "group": g, "header": h} for k, g, h in self.columns],
             "rows": [r.to_dict() for r in self.rows],
@@ -326,8 +337,10 @@ def mean_std_table(
     protocol: str = DEFAULT_PROTOCOL,
     title: str = "Results (mean ± std over runs)",
     columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS,
+    references: Sequence[str] = (),
 ) -> ResultsTable:
     """Merge several runs (e.g. seeds) per model into one row with mean and sample std (ddof = 1) per metric.
+    Models named in ``references`` become reference rows (e.g. the teacher oracle: never bold).
 
     ``runs`` is either ``{model: [metrics_run1, metrics_run2, ...]}`` or a flat list of metric dicts that each carry a
     ``"model"`` name (and optionally ``"params_m"``). Every run of a model must have the same metric keys
@@ -365,6 +378,6 @@ def mean_std_table(
                 std[k] = float(vals.std(ddof=1))
         table.add_row(
             ResultRow(name=name, params_m=pm.get(name), metrics=mean, std=std, n_runs=len(lst),
-                      notes=(notes or {}).get(name, ""))
+                      notes=(notes or {}).get(name, ""), reference=name in references)
         )
     return table

@@ -19,7 +19,7 @@ Keys starting with ``_`` in the returned dict are not metrics: ``_chance`` (chan
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -139,6 +139,96 @@ def _text_classifiers(
     return classifiers
 
 
+def embedding_metrics(
+    shape_emb: torch.Tensor | None,
+    pair_embeddings: Callable[[np.ndarray], torch.Tensor],
+    collection: Any,
+    features: Any,
+    index: np.ndarray,
+    *,
+    protocols: Sequence[str],
+    templates: Sequence[str],
+    teacher: Any,
+    paper_batch_size: int,
+    paper_seed: int,
+) -> dict[str, Any]:
+    """Zero-shot and retrieval metrics (percent) of given shape embeddings: the part of :func:`evaluate_encoder` that
+    does not depend on where the embeddings come from (a point encoder, or the teacher's own render embeddings for
+    :mod:`.oracle`).
+
+    Args:
+        shape_emb: ``(M, D)`` one embedding per object of ``index`` (``None`` when neither protocol needs it).
+        pair_embeddings: global object indices ``(P,)`` of the (photo, shape) pairs -> their shape embeddings
+            ``(P, D)`` (an encoder draws a fresh point sample per pair).
+        index: ``(M,)`` global indices of the evaluated split.
+    Returns the metric keys of :mod:`.report` plus ``_chance``, ``_per_category``, ``_confusion_matrix`` and
+    ``_embedding_parts`` (what :mod:`.artefacts` draws).
+    """
+    categories: Sequence[str] = collection.categories
+    all_labels = np.asarray(collection.labels)
+    shape_of = np.asarray(getattr(collection, "shape_index", np.arange(len(all_labels))), dtype=np.int64)
+    n_photos = int(features.photo_emb.shape[1])
+    teacher_space = "zeroshot" in protocols or ("retrieval" in protocols and n_photos > 0)
+    if teacher_space:
+        prompt_emb = _as_tensor(features.prompt_emb)
+        if prompt_emb.shape[1] != shape_emb.shape[1]:
+            raise DataError(
+                f"encoder outputs {shape_emb.shape[1]}-d embeddings but the teacher's text embeddings are "
+                f"{prompt_emb.shape[1]}-d: the checkpoint was trained for another teacher"
+            )
+    metrics: dict[str, Any] = {
+        "_chance": {"zeroshot/top1": 100.0 / len(categories)},
+        "_selection": {},
+        "_per_category": {},  # {protocol key: {category: value or {metric: value}}} (percent)
+    }
+    embeddings: dict[str, Any] = {"test_index": index, "shape_emb": shape_emb, "image_emb": {}}
+    if "zeroshot" in protocols:
+        labels = torch.from_numpy(all_labels[index].astype(np.int64))
+        for name, classifier in _text_classifiers(templates, prompt_emb, teacher, categories).items():
+            zs = zero_shot_metrics(shape_emb, classifier, labels)
+            prefix = "zeroshot" if name == "single" else f"zeroshot_{name}"
+            metrics.update(zeroshot_keys(zs, prefix=prefix))
+            per_class = zs["per_class_top1"].tolist()
+            metrics["_per_category"][f"{prefix}/top1"] = {
+                c: v for c, v in zip(categories, per_class) if v == v  # NaN: no test sample of that class
+            }
+            if name == "single" or "_confusion_matrix" not in metrics:
+                metrics["_confusion_matrix"] = zs.get("confusion_matrix")
+
+    if "retrieval" in protocols and n_photos > 0:
+        pair_objects = np.repeat(index, n_photos)  # global object index of each (photo, shape) pair
+        pair_categories = [categories[c] for c in all_labels[pair_objects]]
+        pair_shape_emb = pair_embeddings(pair_objects)
+        # full gallery: one item per unique shape (the first entry that shows it)
+        shapes, first = np.unique(shape_of[index], return_index=True)
+        gallery_emb = shape_emb[torch.from_numpy(first)]
+        gallery_categories = [categories[c] for c in all_labels[index[first]]]
+        pair_ids = torch.from_numpy(shape_of[pair_objects])
+        gallery_ids = torch.from_numpy(shapes)
+        for domain, array in (("nobg", features.photo_masked_emb), ("bg", features.photo_emb)):
+            image_emb = _as_tensor(np.asarray(array[index]).reshape(len(index) * n_photos, -1))
+            paper = paper_batch_retrieval(
+                image_emb, pair_shape_emb, batch_size=paper_batch_size, seed=paper_seed, categories=pair_categories
+            )
+            metrics.update(paper_keys(paper, domain))
+            gallery = full_gallery_retrieval(
+                image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories, shape_categories=gallery_categories
+            )
+            metrics.update(gallery_keys(gallery, domain))
+            metrics["_per_category"][f"retrieval/{domain}/paper"] = paper.get("per_category", {})
+            metrics["_per_category"][f"retrieval/{domain}/gallery"] = gallery.get("per_category", {})
+            embeddings["image_emb"][domain] = image_emb
+        embeddings.update(pair_objects=pair_objects, pair_photos=np.tile(np.arange(n_photos), len(index)),
+                          pair_shape_ids=shape_of[pair_objects],
+                          gallery_objects=index[first], gallery_shape_ids=shapes)
+        metrics["_chance"].update({
+            "retrieval/paper/top1": 100.0 / min(paper_batch_size, len(pair_objects)),
+            "retrieval/gallery/i2s_r1": 100.0 / len(shapes),
+        })
+    metrics["_embedding_parts"] = embeddings
+    return metrics
+
+
 def evaluate_encoder(
     encoder: nn.Module,
     collection: Any,
@@ -183,9 +273,6 @@ def evaluate_encoder(
     index = collection.indices(split)
     if len(index) == 0:
         raise DataError(f"evaluation split '{split}' of {collection.name} is empty")
-    categories: Sequence[str] = collection.categories
-    all_labels = np.asarray(collection.labels)
-    shape_of = np.asarray(getattr(collection, "shape_index", np.arange(len(all_labels))), dtype=np.int64)
     n_photos = int(features.photo_emb.shape[1])
     teacher_space = "zeroshot" in protocols or ("retrieval" in protocols and n_photos > 0)
     shape_emb: torch.Tensor | None = None
@@ -193,66 +280,19 @@ def evaluate_encoder(
         shape_emb = embed_points(
             encoder, collection.points[index], n_points=n_points, batch_size=batch_size, seed=seed, device=device
         )
-    if teacher_space:
-        prompt_emb = _as_tensor(features.prompt_emb)
-        if prompt_emb.shape[1] != shape_emb.shape[1]:
-            raise DataError(
-                f"encoder outputs {shape_emb.shape[1]}-d embeddings but the teacher's text embeddings are "
-                f"{prompt_emb.shape[1]}-d: the checkpoint was trained for another teacher"
-            )
-    metrics: dict[str, Any] = {
-        "_chance": {"zeroshot/top1": 100.0 / len(categories)},
-        "_selection": {},
-        "_per_category": {},  # {protocol key: {category: value or {metric: value}}} (percent)
-    }
-    embeddings: dict[str, Any] = {"test_index": index, "shape_emb": shape_emb, "image_emb": {}}
-    if "zeroshot" in protocols:
-        labels = torch.from_numpy(all_labels[index].astype(np.int64))
-        for name, classifier in _text_classifiers(templates, prompt_emb, teacher, categories).items():
-            zs = zero_shot_metrics(shape_emb, classifier, labels)
-            prefix = "zeroshot" if name == "single" else f"zeroshot_{name}"
-            metrics.update(zeroshot_keys(zs, prefix=prefix))
-            per_class = zs["per_class_top1"].tolist()
-            metrics["_per_category"][f"{prefix}/top1"] = {
-                c: v for c, v in zip(categories, per_class) if v == v  # NaN: no test sample of that class
-            }
-            if name == "single" or "_confusion_matrix" not in metrics:
-                metrics["_confusion_matrix"] = zs.get("confusion_matrix")
 
-    if "retrieval" in protocols and n_photos > 0:
-        pair_objects = np.repeat(index, n_photos)  # global object index of each (photo, shape) pair
-        pair_categories = [categories[c] for c in all_labels[pair_objects]]
+    def pair_embeddings(pair_objects: np.ndarray) -> torch.Tensor:
         # each pair gets its own random point sample of its shape, as the paper's Pix3D loader
-        pair_shape_emb = embed_points(
-            encoder, collection.points[pair_objects], n_points=n_points, batch_size=batch_size, seed=seed + 1, device=device
+        return embed_points(
+            encoder, collection.points[pair_objects], n_points=n_points, batch_size=batch_size, seed=seed + 1,
+            device=device,
         )
-        # full gallery: one item per unique shape (the first entry that shows it)
-        shapes, first = np.unique(shape_of[index], return_index=True)
-        gallery_emb = shape_emb[torch.from_numpy(first)]
-        gallery_categories = [categories[c] for c in all_labels[index[first]]]
-        pair_ids = torch.from_numpy(shape_of[pair_objects])
-        gallery_ids = torch.from_numpy(shapes)
-        for domain, array in (("nobg", features.photo_masked_emb), ("bg", features.photo_emb)):
-            image_emb = _as_tensor(np.asarray(array[index]).reshape(len(index) * n_photos, -1))
-            paper = paper_batch_retrieval(
-                image_emb, pair_shape_emb, batch_size=paper_batch_size, seed=paper_seed, categories=pair_categories
-            )
-            metrics.update(paper_keys(paper, domain))
-            gallery = full_gallery_retrieval(
-                image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories, shape_categories=gallery_categories
-            )
-            metrics.update(gallery_keys(gallery, domain))
-            metrics["_per_category"][f"retrieval/{domain}/paper"] = paper.get("per_category", {})
-            metrics["_per_category"][f"retrieval/{domain}/gallery"] = gallery.get("per_category", {})
-            embeddings["image_emb"][domain] = image_emb
-        embeddings.update(pair_objects=pair_objects, pair_photos=np.tile(np.arange(n_photos), len(index)),
-                          pair_shape_ids=shape_of[pair_objects],
-                          gallery_objects=index[first], gallery_shape_ids=shapes)
-        metrics["_chance"].update({
-            "retrieval/paper/top1": 100.0 / min(paper_batch_size, len(pair_objects)),
-            "retrieval/gallery/i2s_r1": 100.0 / len(shapes),
-        })
 
+    metrics = embedding_metrics(
+        shape_emb, pair_embeddings, collection, features, index, protocols=protocols, templates=templates,
+        teacher=teacher, paper_batch_size=paper_batch_size, paper_seed=paper_seed,
+    )
+    embeddings = metrics.pop("_embedding_parts")
     if "linear_probe" in protocols:
         from captionless3d.evaluation.linear_probe import linear_probe_encoder
 
@@ -261,7 +301,7 @@ def evaluate_encoder(
             test_emb=shape_emb, device=device, **probe_opts,
         )
         metrics.update(classification_keys(probe, "linear_probe"))
-        metrics["_chance"]["linear_probe/top1"] = 100.0 / len(categories)
+        metrics["_chance"]["linear_probe/top1"] = 100.0 / len(collection.categories)
         metrics["_selection"]["linear_probe"] = _json_safe(probe["selection"])
     if "finetune" in protocols:
         from captionless3d.evaluation.finetune import finetune_encoder
@@ -270,7 +310,7 @@ def evaluate_encoder(
         finetune_opts.setdefault("seed", seed)
         tuned = finetune_encoder(encoder, collection, test_split=split, device=device, **finetune_opts)
         metrics.update(classification_keys(tuned, "finetune"))
-        metrics["_chance"]["finetune/top1"] = 100.0 / len(categories)
+        metrics["_chance"]["finetune/top1"] = 100.0 / len(collection.categories)
         metrics["_selection"]["finetune"] = _json_safe(tuned["selection"])
     if return_embeddings:
         metrics["_embeddings"] = embeddings
