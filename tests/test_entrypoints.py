@@ -176,3 +176,25 @@ def test_logger_none_trains_without_a_logger(trained):
     assert proc.returncode == 0, proc.stderr[-5000:]
     (run_dir,) = (root / "outputs" / "train" / "runs" / "baseline").iterdir()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "summary.json").is_file()
+
+
+def test_validation_scalars_are_logged_and_can_select_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["data=synthetic_tiny", "teacher=synthetic_tiny", "trainer=fast_dev", "trainer.max_epochs=2",
+            "experiment=baseline", "callbacks.model_checkpoint.monitor=val/heldout/gallery/i2s_r1",
+            "callbacks.model_checkpoint.mode=max", "eval.heldout.runner.protocols=[zeroshot,retrieval]"]
+    proc = _run("captionless3d.train", args, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (run_dir,) = (tmp_path / "outputs" / "train" / "runs" / "baseline").iterdir()
+    (events,) = (run_dir / "tensorboard").rglob("events.out.tfevents.*")
+    scalars = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    for split in ("val", "train_fit"):
+        for key in ("zeroshot/top1", "gallery/i2s_r1"):
+            assert f"{split}/heldout/{key}" in scalars, (split, key, scalars)
+    assert "val/heldout/oracle/gallery/i2s_r1" in scalars
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and "'monitor': 'val/heldout" in k]
+    assert state["monitor"] == "val/heldout/gallery/i2s_r1" and state["best_model_score"] is not None
+    protocol = json.loads((run_dir / "results" / "heldout" / "results.json").read_text())["protocol"]
+    assert "(val/heldout/gallery/i2s_r1)" in protocol and "(val/loss)" not in protocol

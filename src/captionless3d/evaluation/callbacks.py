@@ -26,7 +26,8 @@ def load_encoder_weights(encoder: torch.nn.Module, checkpoint: str | Path) -> to
 
 
 class TestSetEvaluation(L.Callback):
-    """After ``fit``: load the best checkpoint (by the ModelCheckpoint monitor, i.e. ``val/loss``), evaluate it on
+    """After ``fit``: load the best checkpoint (by the ModelCheckpoint monitor: ``val/loss`` by default, or a
+    quantity of :class:`~captionless3d.evaluation.monitor.ValidationMetrics`), evaluate it on
     every attached benchmark, log ``test/<benchmark>/...`` scalars and write the results tables into ``output_dir``.
     Runs on global rank 0 only. Benchmarks come from the pipeline (``attach_benchmarks``).
 
@@ -71,6 +72,7 @@ class TestSetEvaluation(L.Callback):
             loggers=trainer.loggers,
             step=trainer.global_step,
             oracles=self.oracle,
+            selected_on=getattr(trainer.checkpoint_callback, "monitor", None) if checkpoint else None,
         )
 
 
@@ -110,6 +112,7 @@ def run_benchmarks(
     step: int = 0,
     tensorboard_dir: str | Path | None = "auto",
     oracles: Mapping[str, Mapping[str, Any]] | None = None,
+    selected_on: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``encoder`` on each benchmark; print the paper-style tables; write ``results/<benchmark>/results.*``
     (each stating its protocol, including that the checkpoint was selected on val), ``selection.json`` (what the
@@ -123,6 +126,7 @@ def run_benchmarks(
 
     ``oracles`` (:func:`.oracle.evaluate_oracles`): a benchmark that has one gets a ``teacher-oracle`` reference row
     in its table, and the encoder's metrics get the ``efficiency/...`` keys (student / oracle, percent).
+    ``selected_on``: the validation quantity the checkpoint was selected by (stated in the protocol).
     """
     from captionless3d.evaluation.oracle import ORACLE_NAME, distillation_efficiency
     from captionless3d.evaluation.artefacts import check_artefact_options, tensorboard_writer, write_benchmark_artefacts
@@ -167,7 +171,8 @@ def run_benchmarks(
                 atomic_write_json(bench_dir / "per_category.json", per_category)
             protocols = runner.get("protocols", ("zeroshot", "retrieval"))
             protocol = (
-                f"{describe_protocol([p for p in KNOWN_PROTOCOLS if p in protocols])} runner: {bench.runner}. "
+                f"{describe_protocol([p for p in KNOWN_PROTOCOLS if p in protocols], selected_on)} "
+                f"runner: {bench.runner}. "
                 f"chance levels: {chance}. checkpoint: {checkpoint}"
             )
             oracle = dict((oracles or {}).get(name, {}))

@@ -64,9 +64,13 @@ PROTOCOL = " ".join(PROTOCOL_PARTS.values())
 KNOWN_PROTOCOLS = ("zeroshot", "retrieval", "linear_probe", "finetune")
 
 
-def describe_protocol(protocols: Sequence[str] = KNOWN_PROTOCOLS) -> str:
-    """The protocol statement for a benchmark that ran ``protocols`` (always starting with the selection rule)."""
-    return " ".join([PROTOCOL_PARTS["selection"]] + [PROTOCOL_PARTS[p] for p in KNOWN_PROTOCOLS if p in protocols])
+def describe_protocol(protocols: Sequence[str] = KNOWN_PROTOCOLS, selected_on: str | None = None) -> str:
+    """The protocol statement for a benchmark that ran ``protocols`` (always starting with the selection rule;
+    ``selected_on``: the validation quantity the checkpoint was chosen by, when not ``val/loss``)."""
+    selection = PROTOCOL_PARTS["selection"]
+    if selected_on and selected_on != "val/loss":
+        selection = selection.replace("(val/loss)", f"({selected_on})")
+    return " ".join([selection] + [PROTOCOL_PARTS[p] for p in KNOWN_PROTOCOLS if p in protocols])
 
 
 def _check_options(options: Mapping[str, Any] | None, allowed: Sequence[str], key: str) -> dict[str, Any]:
