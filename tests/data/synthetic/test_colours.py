@@ -96,3 +96,13 @@ def test_split_fingerprint_ignores_the_other_splits(tmp_path):
     assert grey_free.split_fingerprint("teacher") != small.split_fingerprint("teacher")
     with pytest.raises(ConfigError, match="split"):
         small.split_fingerprint("training")
+
+
+@pytest.mark.parametrize("v3", [False, True])
+def test_rerender_reproduces_the_stored_views_and_greys_them(worlds, v3):
+    w = worlds[int(v3)]
+    index = w.indices("test")[[0, 3]]
+    np.testing.assert_array_equal(world.rerender_views(w, index, None), w.views[index])  # the world's own colours
+    grey = world.rerender_views(w, index, "grey")
+    np.testing.assert_array_equal(_object_pixels(grey), _object_pixels(np.asarray(w.views[index])))
+    assert (grey[..., 0] == grey[..., 2]).all()

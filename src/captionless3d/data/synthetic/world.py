@@ -329,6 +329,34 @@ def _load_npy(path: Path) -> np.ndarray:
         raise CacheError(f"{path}: corrupt or truncated array ({exc})") from exc
 
 
+def rerender_views(world: SyntheticWorld, index: Sequence[int], colours: str = "grey", *,
+                   progress: bool = False) -> np.ndarray:
+    """The white-background renders of the objects ``index`` again, with ``colours`` (e.g. ``"grey"``: same
+    geometry, cameras and light, every face one grey) instead of the world's own colours.
+
+    Objects are regenerated from ``(seed, category, split, index)`` exactly as the build made them, so with the
+    world's own colour mode this reproduces ``world.views[index]`` (tested). Returns uint8 ``(M, V, H, W, 3)``.
+    """
+    from captionless3d.data.synthetic.render import render_scenes, to_uint8
+    from captionless3d.data.synthetic.scene import view_items
+    from tqdm.auto import tqdm
+
+    p = world.params
+    index = [int(i) for i in index]
+    out = np.empty((len(index), p["n_views"], p["image_size"], p["image_size"], 3), np.uint8)
+    with _build_env():
+        for start in tqdm(range(0, len(index), CHUNK), desc=f"re-render ({colours})", disable=not progress):
+            objs = []
+            for i in index[start:start + CHUNK]:
+                category, split, number = world.object_ids[i].rsplit("/", 2)
+                objs.append(make_object(p["seed"], category, split, int(number), p["n_points"],
+                                        colours=p.get("colours", "object")))
+            items = [item for o in objs for item in view_items(o, p["n_views"], colours)]
+            images, _ = render_scenes(items, p["image_size"], p["image_size"], p["supersample"])
+            out[start:start + len(objs)] = to_uint8(images).reshape(len(objs), *out.shape[1:])
+    return out
+
+
 def load_world(path: str | os.PathLike, *, verify: bool = True) -> SyntheticWorld:
     """Load a built world, verifying its manifest (and, with ``verify``, every file's checksum)."""
     return SyntheticWorld(path, verify=verify)
