@@ -80,3 +80,20 @@ def test_dataset_batches_are_vectorised_and_consistent():
     assert torch.equal(batch["points"], again["points"])
     with pytest.raises(DataError, match="only 64 points"):
         PointViewDataset(points, view_emb, labels, np.array([1]), n_points=128, rotation_degrees=0, random_view=False)
+
+
+def test_dataset_mean_view_target_is_the_normalised_view_mean():
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(6, 64, 3)).astype(np.float32)
+    view_emb = rng.normal(size=(6, 4, 8)).astype(np.float16)
+    ds = PointViewDataset(points, view_emb, np.zeros(6, np.int64), np.array([4, 1]), n_points=16, rotation_degrees=0,
+                          random_view=True, seed=0, view_target="mean")
+    got = ds.__getitems__([0, 1])["image_emb"].numpy()
+    for row, obj in enumerate([4, 1]):
+        mean = view_emb[obj].astype(np.float64).mean(0)
+        np.testing.assert_allclose(got[row], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
+    from captionless3d.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="view_target"):
+        PointViewDataset(points, view_emb, np.zeros(6, np.int64), np.array([1]), n_points=16, rotation_degrees=0,
+                         random_view=True, view_target="median")

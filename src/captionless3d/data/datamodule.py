@@ -35,12 +35,19 @@ class PointSource(Protocol):
     def indices(self, split: str) -> np.ndarray: ...
 
 
+#: The student's target per object: ``random`` (the paper: one random render view per step, so the views act as
+#: augmentation) or ``mean`` (the L2-normalised mean of all view embeddings: the teacher oracle's shape embedding,
+#: :mod:`captionless3d.evaluation.oracle`).
+VIEW_TARGETS = ("random", "mean")
+
+
 class PointViewDataset(Dataset):
     """Samples of one split.
 
-    Each item is a dict with ``points (n_points, 3)`` float32, ``image_emb (D,)`` float32 (one view embedding; a random
-    view when ``random_view`` else view 0), ``label`` int64 and ``index`` int64 (the global object index into the
-    collection, used to look up priors and name objects in error messages).
+    Each item is a dict with ``points (n_points, 3)`` float32, ``image_emb (D,)`` float32 (the target: one view
+    embedding, a random view when ``random_view`` else view 0; or with ``view_target="mean"`` the normalised mean of
+    all views), ``label`` int64 and ``index`` int64 (the global object index into the collection, used to look up
+    priors and name objects in error messages).
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class PointViewDataset(Dataset):
         rotation_degrees: float,
         random_view: bool,
         seed: int | None = None,
+        view_target: str = "random",
     ) -> None:
         if len(indices) == 0:
             raise DataError("split is empty: no objects to serve")
@@ -67,6 +75,9 @@ class PointViewDataset(Dataset):
         self.rotation_degrees = rotation_degrees
         self.random_view = random_view
         self.seed = seed  # fixed seed: deterministic sampling per item (validation); None: fresh randomness
+        if view_target not in VIEW_TARGETS:
+            raise ConfigError(f"data.loader.view_target: expected one of {VIEW_TARGETS}, got {view_target!r}")
+        self.view_target = view_target
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -92,7 +103,12 @@ class PointViewDataset(Dataset):
             views = torch.randint(n_views, (len(order),), generator=generator).numpy()
         else:
             views = np.zeros(len(order), dtype=np.int64)
-        image_emb = np.asarray(self.view_emb[sorted_idx][restore][np.arange(len(order)), views], dtype=np.float32)
+        all_views = np.asarray(self.view_emb[sorted_idx][restore], dtype=np.float32)  # (B, V, D)
+        if self.view_target == "mean":
+            mean = all_views.mean(axis=1)
+            image_emb = mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+        else:
+            image_emb = all_views[np.arange(len(order)), views]
         return {
             "points": points,
             "image_emb": torch.from_numpy(image_emb),
@@ -122,8 +138,12 @@ class PointViewDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         sampler: Mapping[str, Any] | None = None,
+        view_target: str = "random",
     ) -> None:
         super().__init__()
+        if view_target not in VIEW_TARGETS:
+            raise ConfigError(f"data.loader.view_target: expected one of {VIEW_TARGETS}, got {view_target!r}")
+        self.view_target = view_target
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if n_points < 1:
@@ -221,6 +241,7 @@ class PointViewDataModule(L.LightningDataModule):
             rotation_degrees=self.rotation_degrees,
             random_view=True,
             seed=None if train else self.seed,
+            view_target=self.view_target,
         )
 
     def train_dataloader(self) -> DataLoader:
