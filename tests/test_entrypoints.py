@@ -193,6 +193,8 @@ def test_validation_scalars_are_logged_and_can_select_the_checkpoint(tmp_path):
         for key in ("zeroshot/top1", "gallery/i2s_r1"):
             assert f"{split}/heldout/{key}" in scalars, (split, key, scalars)
     assert "val/heldout/oracle/gallery/i2s_r1" in scalars
+    history = json.loads((run_dir / "summary.json").read_text())["validation_history"]
+    assert [h["epoch"] for h in history] == [0, 1] and "train_fit/heldout/gallery/i2s_r1" in history[-1]
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and "'monitor': 'val/heldout" in k]
     assert state["monitor"] == "val/heldout/gallery/i2s_r1" and state["best_model_score"] is not None

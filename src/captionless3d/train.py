@@ -97,6 +97,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         "teacher_id": prepared.teacher.id,
         "metrics": metrics,
         "oracle": getattr(evaluation, "oracle", None),
+        # per validation pass: val/ and train_fit/ zero-shot and gallery R@1 (captionless3d.evaluation.monitor)
+        "validation_history": next((c.history for c in callbacks if hasattr(c, "history")), None),
     }
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "summary.json", summary)

@@ -82,6 +82,9 @@ class ValidationMetrics(L.Callback):
         self._oracle: dict[str, float] | None = None
         self._train_fit: np.ndarray | None = None
         self._warned = False
+        #: one ``{"epoch": e, "step": s, <logged key>: value, ...}`` per validation pass (train.py puts it into
+        #: summary.json, so the curves outlive TensorBoard)
+        self.history: list[dict[str, float]] = []
 
     def attach_benchmarks(self, benchmarks: Mapping[str, Any]) -> "ValidationMetrics":
         self.benchmarks = dict(benchmarks)
@@ -135,3 +138,10 @@ class ValidationMetrics(L.Callback):
         values.update({f"val/{name}/oracle/{k}": v for k, v in self._oracle.items()})
         for key, value in values.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+        self.history.append({"epoch": int(trainer.current_epoch), "step": int(trainer.global_step), **values})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}  # a resumed run keeps the curve it had
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
