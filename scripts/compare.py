@@ -35,6 +35,8 @@ from captionless3d.evaluation.paired import (
     paired_markdown,
     paired_to_dict,
 )
+from captionless3d.evaluation.callbacks import ORACLE_NOTE
+from captionless3d.evaluation.oracle import ORACLE_NAME
 from captionless3d.evaluation.report import ResultsTable, mean_std_table
 from captionless3d.evaluation.runner import PROTOCOL
 from captionless3d.utils.atomic import atomic_write_bytes, atomic_write_json
@@ -100,6 +102,27 @@ def params_of_runs(summaries: list[tuple[Path, dict]], benchmark: str) -> dict[s
     return params
 
 
+def oracle_runs(summaries: list[tuple[Path, dict]], benchmark: str) -> list[dict[str, float]]:
+    """The distinct teacher-oracle metric dicts of the runs (``summary["oracle"][benchmark]``; one per teacher and
+    world, since the oracle does not depend on the student), restricted to the keys they all share."""
+    found: list[dict[str, float]] = []
+    for _, summary in summaries:
+        oracle = (summary.get("oracle") or {}).get(benchmark)
+        if oracle and oracle not in found:
+            found.append(dict(oracle))
+    if not found:
+        return []
+    shared = set.intersection(*(set(o) for o in found))
+    return [{k: o[k] for k in shared} for o in found]
+
+
+def with_oracle(groups: dict[str, list[dict[str, float]]], summaries: list[tuple[Path, dict]],
+                benchmark: str) -> dict[str, list[dict[str, float]]]:
+    """``groups`` plus a ``teacher-oracle`` entry from the runs' summaries (when they have one)."""
+    oracles = oracle_runs(summaries, benchmark)
+    return {**groups, ORACLE_NAME: oracles} if oracles else dict(groups)
+
+
 def comparison_table(
     groups: dict[str, list[dict[str, float]]],
     benchmark: str,
@@ -109,14 +132,18 @@ def comparison_table(
     params_m: dict[str, float] | None = None,
     protocol_note: str = "",
 ) -> ResultsTable:
-    """The mean ± std table of ``groups`` (:func:`collect_runs`); ``columns`` default: the paper's layout."""
-    counts = {name: len(runs) for name, runs in groups.items()}
+    """The mean ± std table of ``groups`` (:func:`collect_runs`, or :func:`with_oracle`: a ``teacher-oracle`` group
+    becomes a reference row); ``columns`` default: the paper's layout."""
+    counts = {name: len(runs) for name, runs in groups.items() if name != ORACLE_NAME}
     extra = {} if columns is None else {"columns": columns}
+    oracle_note = f" {ORACLE_NOTE}" if ORACLE_NAME in groups else ""
     return mean_std_table(
         groups,
         params_m=params_m,
-        protocol=f"{PROTOCOL} Mean ± sample std over runs {counts}." + (f" {protocol_note}" if protocol_note else ""),
+        protocol=f"{PROTOCOL} Mean ± sample std over runs {counts}." + oracle_note
+        + (f" {protocol_note}" if protocol_note else ""),
         title=title or f"{benchmark}: mean ± std over seeds",
+        references=[ORACLE_NAME],
         **extra,
     )
 
@@ -255,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         if not unseeded:
             collect_seeded_runs(summaries, args.benchmark)  # a duplicate (experiment, seed) fails before any output
         params_m = params_of_runs(summaries, args.benchmark)
-        table = comparison_table(groups, args.benchmark, params_m=params_m)
+        table = comparison_table(with_oracle(groups, summaries, args.benchmark), args.benchmark, params_m=params_m)
         print(table.to_markdown())
         out = args.out or args.paths[0]
         table.save(out)
         if args.same_category:
-            samecat = samecat_table(groups, args.benchmark, params_m=params_m)
+            samecat = samecat_table(with_oracle(groups, summaries, args.benchmark), args.benchmark, params_m=params_m)
             print(samecat.to_markdown())
             samecat.save(Path(out) / "samecat")
         if unseeded:

@@ -139,7 +139,7 @@ def _duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-_OPTIONS_WITH_VALUE = {"--preset", "--out", "--write-doc", "--benchmark"}
+_OPTIONS_WITH_VALUE = {"--preset", "--out", "--write-doc", "--benchmark", "--reference"}
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -626,7 +626,7 @@ def _budget_text(budget: Mapping[str, Any]) -> str:
     return text + (f", data `{budget['data']}`" if budget.get("data") else "")
 
 
-def report_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: str) -> str:
+def report_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: str, paired_md: str = "") -> str:
     preset = info["preset"]
     sizes = info["test_split"]
     departs = (list(info["variants"]) != list(preset["variants"]) or list(info["seeds"]) != list(preset["seeds"])
@@ -658,6 +658,8 @@ def report_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md
         "",
         samecat_md,
         "",
+        paired_md,
+        "",
         f"**Chance.** {CHANCE_METHOD}",
         "",
         "## Runs",
@@ -670,7 +672,7 @@ def report_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md
     ])
 
 
-def doc_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: str) -> str:
+def doc_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: str, paired_md: str = "") -> str:
     """A docs/synthetic_results.md-style page; the reading is written by hand."""
     sizes = info["test_split"]
     preset = info["preset"]
@@ -708,6 +710,8 @@ def doc_markdown(info: dict[str, Any], main_md: str, samecat_md: str, runs_md: s
         "",
         demote(samecat_md),
         "",
+        demote(paired_md),
+        "",
         f"**Chance.** {CHANCE_METHOD}",
         "",
         "### Runs",
@@ -734,6 +738,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the preset's)")
     parser.add_argument("--variants", nargs="+", default=None, help="experiments (default: the preset's)")
     parser.add_argument("--benchmark", default="heldout", help="benchmark to tabulate (an eval=[...] entry)")
+    parser.add_argument("--reference", default="baseline",
+                        help="variant the paired comparison measures every other one against (default: baseline)")
     parser.add_argument("--write-doc", type=Path, default=None, help="also write a docs-style report to this new file")
     parser.add_argument("-v", "--verbose", action="store_true", help="echo the multirun's whole output")
     args = parser.parse_args(own)
@@ -787,7 +793,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock.say(f"  all {n_jobs} runs finished in {_duration(result.seconds)}")
 
     clock.say("stage 3/3: merging the runs into the tables")
-    from compare import collect_runs, comparison_table, find_summaries, params_of_runs, samecat_table
+    from compare import (collect_runs, comparison_table, find_summaries, paired_report, paired_title,
+                         params_of_runs, samecat_table, save_paired, with_oracle)
+
+    from captionless3d.evaluation.paired import paired_markdown, paired_to_dict
 
     from captionless3d.errors import Captionless3DError
 
@@ -798,17 +807,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         params_m = params_of_runs(summaries, args.benchmark)
         keys = sorted({k for metrics in groups.values() for m in metrics for k in m})
         chance, sizes = run_chance(runs, args.benchmark, keys)
+        paired = paired_report(summaries, args.benchmark, args.reference) if args.reference in groups else None
+        groups = with_oracle(groups, summaries, args.benchmark)
         main_table = comparison_table(groups, args.benchmark, params_m=params_m)
         main_table.protocol += " " + _chance_note(main_table, chance)
         same_table = samecat_table(groups, args.benchmark, params_m=params_m)
         same_table.protocol += " " + _chance_note(same_table, chance)
         main_table.save(out)
         same_table.save(out / "samecat")
+        if paired is not None:
+            save_paired(paired, out, args.benchmark)
     except Captionless3DError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     main_md = markdown_with_chance(main_table, chance)
     same_md = markdown_with_chance(same_table, chance)
+    paired_md = (paired_markdown(paired, title=paired_title(args.benchmark, args.reference)) if paired is not None
+                 else f"(no paired comparison: the reference variant {args.reference!r} was not trained)")
     rows = per_run_rows(runs, result)
     walls = [r["wall_seconds"] for r in rows if isinstance(r["wall_seconds"], (int, float))]
     info: dict[str, Any] = {
@@ -837,21 +852,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": _git_commit(),
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "tables": {"main": json.loads(main_table.to_json()), "samecat": json.loads(same_table.to_json())},
+        "paired": paired_to_dict(paired) if paired is not None else None,
     }
     runs_md = runs_markdown(rows)
-    write_text(out / "reproduce.md", report_markdown(info, main_md, same_md, runs_md))
+    write_text(out / "reproduce.md", report_markdown(info, main_md, same_md, runs_md, paired_md))
     write_text(out / "reproduce.json", json.dumps(info, indent=2, allow_nan=True))
     write_text(out / "runs.csv", runs_csv(rows))
     written = [out / "results.md", out / "samecat" / "results.md", out / "reproduce.md", out / "reproduce.json",
                out / "runs.csv"]
     if args.write_doc is not None:
-        write_text(args.write_doc, doc_markdown(info, main_md, same_md, runs_md))
+        write_text(args.write_doc, doc_markdown(info, main_md, same_md, runs_md, paired_md))
         written.append(args.write_doc)
 
     print()
     print(main_md)
     print()
     print(same_md)
+    print()
+    print(paired_md)
     print()
     print(runs_md)
     print()

@@ -50,8 +50,15 @@ def test_table_has_both_variants_mean_std_and_chance(reproduced):
     assert "±" in main and "runs per model: baseline: 2, avg: 2" in main
     table = json.loads((sweep / "results.json").read_text())
     rows = {row["name"]: row for row in table["rows"]}
-    assert set(rows) == {"baseline", "avg"} and all(row["n_runs"] == 2 for row in rows.values())
+    assert set(rows) == {"baseline", "avg", "teacher-oracle"}
+    assert all(row["n_runs"] == 2 for name, row in rows.items() if name != "teacher-oracle")
     assert "zeroshot/top1" in rows["avg"]["std"]
+    # the oracle is a reference row (one teacher: one entry), and every variant carries its efficiency
+    assert rows["teacher-oracle"]["reference"] and rows["teacher-oracle"]["n_runs"] == 1
+    assert "efficiency/zeroshot_top1" in rows["baseline"]["metrics"]
+    # the paired comparison against the baseline, seed by seed
+    paired = json.loads((sweep / "paired.json").read_text())
+    assert paired["reference"] == "baseline" and "paired differences vs baseline" in (sweep / "reproduce.md").read_text()
     # tiny world: 4 categories, 3 test shapes each, 2 photos per shape -> honest chance levels
     report = json.loads((sweep / "reproduce.json").read_text())
     chance = report["chance"]
@@ -68,15 +75,17 @@ def test_table_has_both_variants_mean_std_and_chance(reproduced):
 def test_same_category_table(reproduced):
     proc, sweep, _ = reproduced
     same = json.loads((sweep / "samecat" / "results.json").read_text())
-    assert {row["name"] for row in same["rows"]} == {"baseline", "avg"}
+    assert {row["name"] for row in same["rows"]} == {"baseline", "avg", "teacher-oracle"}
     for row in same["rows"]:
+        if row["reference"]:
+            continue
         assert row["metrics"] and all("/gallery_samecat/" in key for key in row["metrics"])
         assert "retrieval/bg/gallery_samecat/i2s_r1" in row["std"]
     md = (sweep / "samecat" / "results.md").read_text()
     assert "same-cat w/o bg I→S" in md and "±" in md
     assert "same-category gallery retrieval" in proc.stdout
     with open(sweep / "samecat" / "results.csv", newline="") as f:
-        assert [r["model"] for r in csv.DictReader(f)] == ["baseline", "avg"]
+        assert [r["model"] for r in csv.DictReader(f)] == ["baseline", "avg", "teacher-oracle"]
 
 
 def test_report_records_preset_overrides_and_times(reproduced):
