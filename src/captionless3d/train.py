@@ -65,6 +65,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         min_lr=cfg.optim.min_lr,
         weight_decay=cfg.optim.weight_decay,
         warmup_epochs=cfg.optim.warmup_epochs,
+        loss_weight_decay=bool(cfg.optim.get("loss_weight_decay", True)),
         object_ids=list(prepared.collection.object_ids),
         metadata=metadata,
     )

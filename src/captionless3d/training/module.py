@@ -23,6 +23,9 @@ class CaptionlessModule(L.LightningModule):
             are rebuilt from the cached prior store whose manifest the checkpoint's metadata names.
         lr, min_lr, weight_decay, warmup_epochs: Adam with coupled L2 decay; per-step linear warm-up then cosine
             (paper §8).
+        loss_weight_decay: whether the decay also applies to the loss's own parameters (the logit scale and bias).
+            The paper's optimiser decays every parameter, which pulls the scale towards 0 (a warmer softmax);
+            ``False`` leaves them undecayed, as CLIP does (docs/student_gap.md).
         metadata: teacher id/dim, data fingerprint, config snapshot; stored in every checkpoint.
     """
 
@@ -36,6 +39,7 @@ class CaptionlessModule(L.LightningModule):
         min_lr: float = 1e-7,
         weight_decay: float = 0.01,
         warmup_epochs: float = 30.0,
+        loss_weight_decay: bool = True,
         object_ids: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
@@ -47,6 +51,7 @@ class CaptionlessModule(L.LightningModule):
         self.min_lr = min_lr
         self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
+        self.loss_weight_decay = bool(loss_weight_decay)
         self.object_ids = list(object_ids) if object_ids is not None else None
         self.metadata = dict(metadata or {})
 
@@ -97,7 +102,13 @@ class CaptionlessModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_params = {id(p) for p in self.loss.parameters()}
+        decayed = [p for p in self.parameters() if self.loss_weight_decay or id(p) not in loss_params]
+        undecayed = [p for p in self.parameters() if not self.loss_weight_decay and id(p) in loss_params]
+        groups = [{"params": decayed, "weight_decay": self.weight_decay}]
+        if undecayed:
+            groups.append({"params": undecayed, "weight_decay": 0.0})
+        optimizer = torch.optim.Adam(groups, lr=self.lr)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = total_steps / max_epochs
