@@ -28,17 +28,11 @@ from captionless3d.utils.atomic import atomic_write_json
 log = logging.getLogger("captionless3d.train")
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one configuration. Returns the run summary (timings, metrics, paths)."""
-    started = time.perf_counter()
-    run_dir = Path(cfg.paths.run_dir)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-    L.seed_everything(cfg.seed, workers=True)
-    prepared = prepare(cfg)
-    # building cold caches consumes random numbers: reseed so the student's initial weights never depend on them
-    L.seed_everything(cfg.seed, workers=True)
-
+def build_module(cfg: DictConfig, prepared: Any) -> tuple[Any, CaptionlessModule]:
+    """The data module and the LightningModule of one run. Call it right after ``L.seed_everything(cfg.seed)``: the
+    variants (baseline, I2I, (I2L)², AVG) differ only in their priors, which consume no random numbers, so one seed
+    gives every variant the same initial weights (and, through DeterministicResume, the same batches): paired seeds
+    (tests/training/test_paired_seeds.py)."""
     datamodule = instantiate(cfg.data.loader, key="data.loader").attach(
         prepared.collection, prepared.features.view_emb, priors=prepared.priors
     )
@@ -69,6 +63,21 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         object_ids=list(prepared.collection.object_ids),
         metadata=metadata,
     )
+    return datamodule, module
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration. Returns the run summary (timings, metrics, paths)."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.paths.run_dir)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    L.seed_everything(cfg.seed, workers=True)
+    prepared = prepare(cfg)
+    # building cold caches consumes random numbers: reseed so the student's initial weights never depend on them
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule, module = build_module(cfg, prepared)
 
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c is not None]
     for callback in callbacks:
