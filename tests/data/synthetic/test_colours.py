@@ -106,3 +106,23 @@ def test_rerender_reproduces_the_stored_views_and_greys_them(worlds, v3):
     grey = world.rerender_views(w, index, "grey")
     np.testing.assert_array_equal(_object_pixels(grey), _object_pixels(np.asarray(w.views[index])))
     assert (grey[..., 0] == grey[..., 2]).all()
+
+
+def test_shapenet_train_frequencies_unbalance_only_the_train_split(tmp_path):
+    base = {**TINY, "categories": ["chair", "table", "mug", "bowl"], "n_train": 6}
+    uniform = ensure_world(tmp_path, **base)
+    skewed = ensure_world(tmp_path, **base, train_frequencies="shapenet")
+    counts = {c: int((skewed.labels[skewed.indices("train")] == i).sum()) for i, c in enumerate(skewed.categories)}
+    assert counts["table"] > counts["chair"] > counts["mug"] >= 2 and counts["bowl"] >= 2
+    assert abs(sum(counts.values()) - 4 * 6) <= 4  # the same total, up to rounding and the floor of 2
+    expected = world.train_counts(skewed.params)
+    assert counts == expected
+    for split in ("teacher", "val", "test"):  # untouched: same objects, same teacher
+        assert skewed.split_fingerprint(split) == uniform.split_fingerprint(split)
+        np.testing.assert_array_equal(skewed.points[skewed.indices(split)], uniform.points[uniform.indices(split)])
+    assert skewed.split_fingerprint("train") != uniform.split_fingerprint("train")
+    # the first train objects of a category are the uniform world's objects
+    first = lambda w, c: [o for o in w.object_ids if o.startswith(f"{c}/train/")][:2]
+    assert first(skewed, "mug") == first(uniform, "mug")
+    with pytest.raises(ConfigError, match="train_frequencies"):
+        world.world_params(train_frequencies="zipf")

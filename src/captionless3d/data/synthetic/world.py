@@ -67,9 +67,33 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+#: Approximate ShapeNetCore v2 model counts per category (categories ShapeNet does not have: 200). With
+#: ``train_frequencies="shapenet"`` the student-train split follows these relative frequencies, so that a few
+#: categories dominate (tables, chairs, airplanes, cars, sofas) and batches hold many same-category negatives, as
+#: the paper's ShapeNet batches do.
+SHAPENET_COUNTS: dict[str, int] = {
+    "table": 8436, "chair": 6778, "airplane": 4045, "car": 3514, "sofa": 3173, "lamp": 2318, "bench": 1813,
+    "cabinet": 1571, "monitor": 1093, "bathtub": 856, "guitar": 797, "vase": 596, "bottle": 498, "bookshelf": 452,
+    "piano": 239, "bed": 233, "mug": 214, "bowl": 186, "tower": 133, "rocket": 85,
+}
+TRAIN_FREQUENCIES = ("uniform", "shapenet")
+
+
+def train_counts(params: dict[str, Any]) -> dict[str, int]:
+    """Student-train objects per category: ``n_train`` each, or with ``train_frequencies="shapenet"`` the same total
+    split in proportion to :data:`SHAPENET_COUNTS` (at least 2 per category: a validation-selected run needs some)."""
+    cats = params["categories"]
+    if params.get("train_frequencies", "uniform") == "uniform":
+        return {c: params["n_train"] for c in cats}
+    weights = np.asarray([SHAPENET_COUNTS.get(c, 200) for c in cats], dtype=np.float64)
+    total = params["n_train"] * len(cats)
+    return {c: max(2, int(round(total * w / weights.sum()))) for c, w in zip(cats, weights)}
+
+
 def world_params(*, seed: int = 0, categories: Sequence[str] | str | None = None, n_teacher: int = 60, n_train: int = 80,
                  n_val: int = 10, n_test: int = 20, n_points: int = 2048, n_views: int = 8, image_size: int = 64,
-                 photos_per_object: int = 2, supersample: int = 1, colours: str = "object") -> dict[str, Any]:
+                 photos_per_object: int = 2, supersample: int = 1, colours: str = "object",
+                 train_frequencies: str = "uniform") -> dict[str, Any]:
     """Validated, canonical build parameters (what the cache key is made of).
 
     ``colours`` (:data:`~captionless3d.data.synthetic.scene.COLOUR_MODES`): ``object`` (worlds v1/v2: every image
@@ -93,6 +117,10 @@ def world_params(*, seed: int = 0, categories: Sequence[str] | str | None = None
         raise ConfigError(f"colours: expected 'object' or 'per_image', got {colours!r}")
     if colours != "object":  # absent for the original mode, so worlds built before colour modes keep their hash
         params["colours"] = colours
+    if train_frequencies not in TRAIN_FREQUENCIES:
+        raise ConfigError(f"train_frequencies: expected one of {TRAIN_FREQUENCIES}, got {train_frequencies!r}")
+    if train_frequencies != "uniform":  # absent by default, for the same reason
+        params["train_frequencies"] = train_frequencies
     if params["n_teacher"] + params["n_train"] + params["n_val"] + params["n_test"] == 0:
         raise ConfigError("n_teacher/n_train/n_val/n_test: all counts are 0, the world would be empty")
     if params["image_size"] > 1024:
@@ -143,9 +171,11 @@ def _build_env() -> Iterator[None]:
 
 def _object_plan(params: dict[str, Any]) -> list[tuple[str, str, int]]:
     plan = []
+    n_train = train_counts(params)
     for cat in params["categories"]:
         for split in SPLITS:
-            plan += [(cat, split, i) for i in range(params[f"n_{split}"])]
+            count = n_train[cat] if split == "train" else params[f"n_{split}"]
+            plan += [(cat, split, i) for i in range(count)]
     return plan
 
 
@@ -171,7 +201,8 @@ def _is_complete(directory: Path, params: dict[str, Any]) -> bool:
 def build_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[str] | str | None = None,
                 n_teacher: int = 60, n_train: int = 80, n_val: int = 10, n_test: int = 20, n_points: int = 2048,
                 n_views: int = 8, image_size: int = 64, photos_per_object: int = 2, supersample: int = 1,
-                colours: str = "object", workers: int = 0, progress: bool = True) -> Path:
+                colours: str = "object", train_frequencies: str = "uniform", workers: int = 0,
+                progress: bool = True) -> Path:
     """Build the world under ``root`` (created if missing) unless a complete one with the same parameters exists.
 
     Counts are per category. ``workers`` > 0 renders in a "spawn" process pool (byte-identical results; not part of
@@ -181,7 +212,8 @@ def build_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[
     """
     params = world_params(seed=seed, categories=categories, n_teacher=n_teacher, n_train=n_train, n_val=n_val,
                           n_test=n_test, n_points=n_points, n_views=n_views, image_size=image_size,
-                          photos_per_object=photos_per_object, supersample=supersample, colours=colours)
+                          photos_per_object=photos_per_object, supersample=supersample, colours=colours,
+                          train_frequencies=train_frequencies)
     workers = _check_int("workers", workers, 0)
     root = Path(root)
     try:
@@ -308,8 +340,10 @@ class SyntheticWorld(SplitIndexMixin):
         teacher trained on the teacher split is then reused by a world with more student-train objects."""
         if split not in SPLITS:
             raise ConfigError(f"split: expected one of {SPLITS}, got {split!r}")
-        own = {k: v for k, v in self.params.items() if not (k.startswith("n_") and k[2:] in SPLITS)}
-        return stable_hash({**world_key(own), "split": split, "count": self.params[f"n_{split}"]})
+        other = ("train_frequencies",) if split != "train" else ()
+        own = {k: v for k, v in self.params.items() if not (k.startswith("n_") and k[2:] in SPLITS) and k not in other}
+        count = train_counts(self.params) if split == "train" else self.params[f"n_{split}"]
+        return stable_hash({**world_key(own), "split": split, "count": count})
 
     def __repr__(self) -> str:
         return f"SyntheticWorld({self.path}, objects={len(self)}, categories={len(self.categories)})"
@@ -365,11 +399,11 @@ def load_world(path: str | os.PathLike, *, verify: bool = True) -> SyntheticWorl
 def ensure_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[str] | str | None = None,
                  n_teacher: int = 60, n_train: int = 80, n_val: int = 10, n_test: int = 20, n_points: int = 2048,
                  n_views: int = 8, image_size: int = 64, photos_per_object: int = 2, supersample: int = 1,
-                 colours: str = "object", workers: int = 0, progress: bool = True,
-                 verify: bool = True) -> SyntheticWorld:
+                 colours: str = "object", train_frequencies: str = "uniform", workers: int = 0,
+                 progress: bool = True, verify: bool = True) -> SyntheticWorld:
     """Build the world if needed, then load it."""
     path = build_world(root, seed=seed, categories=categories, n_teacher=n_teacher, n_train=n_train, n_val=n_val,
                        n_test=n_test, n_points=n_points, n_views=n_views, image_size=image_size,
                        photos_per_object=photos_per_object, supersample=supersample, colours=colours,
-                       workers=workers, progress=progress)
+                       train_frequencies=train_frequencies, workers=workers, progress=progress)
     return load_world(path, verify=verify)
