@@ -24,10 +24,10 @@ bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for smal
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 REPRO_ARGS ?=
-reproduce:  ## the 5-variant x 3-seed synthetic table, one multirun (54 min measured on 2 CPU cores, warm caches); REPRO_ARGS="--write-doc docs/x.md"
+reproduce:  ## baseline, I2I, (I2L)^2, AVG x 5 paired seeds + the paired comparison, one multirun (about 85 min on 2 CPU cores, warm caches); REPRO_ARGS="--write-doc docs/x.md"
 	$(PY) scripts/reproduce_table.py --preset full $(REPRO_ARGS)
 
-reproduce-quick:  ## baseline vs AVG, one seed (4.5 min measured with warm caches)
+reproduce-quick:  ## baseline vs AVG, one seed (about 9 min with warm caches)
 	$(PY) scripts/reproduce_table.py --preset quick $(REPRO_ARGS)
 
 DEMO_ARGS ?=

@@ -9,8 +9,9 @@ experiment=... seed=...``), then merges the runs with ``scripts/compare.py`` int
 over seeds) and the same-category retrieval breakdown (each query ranks only shapes / photos of its own category),
 both with a row of chance levels computed from the test split the runs were evaluated on.
 
-Presets (:data:`PRESETS`): ``quick`` (a smoke-level check, 4.5 min measured with a warm world and teacher) and ``full`` (the 5-variant ×
-3-seed table, 54 min measured with warm caches on the 2-core CPU machine). Extra Hydra overrides are passed through to every
+Presets (:data:`PRESETS`): ``quick`` (baseline vs AVG, one seed, about 9 min with a warm world and teacher) and ``full``
+(4 variants × 5 paired seeds, about 85 min with warm caches on the 2-core CPU machine), each followed by the paired
+comparison against the baseline (``scripts/compare.py``: mean difference, 95 % interval across seeds, wins). Extra Hydra overrides are passed through to every
 run and win over the preset's values (e.g. ``trainer.max_epochs=2``); everything containing ``=`` (or starting with
 ``~``), and everything after ``--``, is an override. Variants and seeds are chosen with ``--variants`` / ``--seeds``,
 not with ``experiment=`` / ``seed=``.
@@ -84,29 +85,29 @@ class Preset:
 # Every preset: no progress bar (the multirun's output goes to a log file, not a terminal).
 COMMON_OVERRIDES: tuple[str, ...] = ("trainer.enable_progress_bar=false",)
 
-# Sizing (docs/synthetic_results.md, README, measured on the 2-core machine with warm caches): 4 epochs at 256 points
-# ≈ 80 s per run, 8 epochs at 512 points ≈ 5 min per run. A fit t ≈ a + epochs · b(points) with b(512) ≈ 2 b(256)
-# gives b(256) ≈ 18 s per epoch and a ≈ 7 s (loading the caches + evaluation): 8 epochs at 256 points ≈ 150 s.
+# Sizing (measured on the 2-core machine with warm caches, 2026-12-04): a PointNeXt-S step at batch 32 takes about
+# 1.1 s at 512 points and about half that at 256, so 8 epochs x 40 steps at 256 points plus the held-out evaluation
+# is about 4 min per run. The paired comparison needs >= 5 seeds of >= 4 variants in <= 90 min: 20 runs x 4 min.
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
-        description="smoke-level check: baseline vs AVG, one seed, the 4-epoch / 256-point budget of "
-        "docs/synthetic_results.md (its seed-0 numbers are comparable)",
+        description="development check: baseline vs AVG, seed 0 of the full preset (its numbers are comparable with "
+        "the full table's seed 0)",
         variants=("baseline", "avg"),
         seeds=(0,),
-        max_epochs=4,
+        max_epochs=8,
         n_points=256,
-        estimate_min=4.5,  # measured 4:29 (2 runs, features re-extracted); a cold teacher adds ≈ 10 min
+        estimate_min=9.0,
         budget_min=10.0,
     ),
     "full": Preset(
-        description="the paper-style comparison: baseline (InfoNCE), I2I, (I2L)², AVG and AVG + hard-group sampler, "
-        "3 seeds each, the default 8-epoch schedule at 256 points",
-        variants=("baseline", "i2i", "i2l2", "avg", "avg_sampler"),
-        seeds=(0, 1, 2),
+        description="the paired comparison: baseline (InfoNCE), I2I, (I2L)² and AVG, 5 paired seeds each, the "
+        "default 8-epoch schedule at 256 points",
+        variants=("baseline", "i2i", "i2l2", "avg"),
+        seeds=(0, 1, 2, 3, 4),
         max_epochs=8,
         n_points=256,
-        estimate_min=55.0,  # measured 54:22 on the shared 2-core machine (mean 216 s per run)
-        budget_min=60.0,
+        estimate_min=85.0,
+        budget_min=90.0,
     ),
 }
 

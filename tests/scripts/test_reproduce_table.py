@@ -93,9 +93,9 @@ def test_report_records_preset_overrides_and_times(reproduced):
     report = json.loads((sweep / "reproduce.json").read_text())
     assert report["preset"]["name"] == "quick" and report["seeds"] == [0, 1]
     assert report["variants"] == ["baseline", "avg"]
-    # the user's overrides win over the preset's: one epoch at 128 points, not the preset's 4 at 256
+    # the user's overrides win over the preset's: one epoch at 128 points, not the preset's 8 at 256
     assert "trainer.max_epochs=1" in report["overrides"]["effective"]
-    assert "trainer.max_epochs=4" not in report["overrides"]["effective"]
+    assert "trainer.max_epochs=8" not in report["overrides"]["effective"]
     assert report["training"]["max_epochs"] == 1 and report["training"]["n_points"] == 128
     assert report["total_wall_seconds"] > 0 and report["training_wall_seconds"] > 0
     runs = report["runs"]
