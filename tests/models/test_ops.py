@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captionless3d.models.ops import ball_query, furthest_point_sample, gather_points, group_points
+from captionless3d.models.ops import ball_query, furthest_point_sample, gather_points, group_points, knn
 
 
 def _fps_reference(xyz: torch.Tensor, npoint: int, start: int = 0) -> list[list[int]]:
@@ -160,6 +160,41 @@ def test_ball_query_gpu_chunking_gives_the_same_result():
         assert torch.equal(out, expected)
 
 
+def _knn_reference(support, query, k) -> list:
+    """Python loops: sort each query's (squared distance, index) pairs; exact ties go to the lower index."""
+    out = []
+    for s, q in zip(support.tolist(), query.tolist()):
+        rows = []
+        for qp in q:
+            d = [(sum((a - b) ** 2 for a, b in zip(qp, sp)), j) for j, sp in enumerate(s)]
+            rows.append([j for _, j in sorted(d)[:k]])
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 5, 37])
+def test_knn_matches_reference(k):
+    support = _clouds(3, 2, 37)
+    query = support[:, :9] + 0.01
+    assert knn(support, query, k).tolist() == _knn_reference(support.double(), query.double(), k)
+
+
+def test_knn_exact_ties_and_duplicates_go_to_the_lower_index(monkeypatch):
+    import captionless3d.models.ops as ops
+
+    # integer grid: every squared distance is exact, many are tied; a duplicated point ties at distance 0
+    g = torch.stack(torch.meshgrid(*[torch.arange(3.0)] * 3, indexing="ij"), -1).reshape(1, 27, 3)
+    support = torch.cat([g, g[:, 13:14]], dim=1)  # index 27 duplicates the centre (index 13)
+    query = support[:, [0, 13, 26]]
+    idx = knn(support, query, 10)
+    assert idx.tolist() == _knn_reference(support, query, 10)
+    assert idx[0, 1, :2].tolist() == [13, 27]
+    monkeypatch.setattr(ops, "KNN_CHUNK_ELEMS", 28)  # one query per chunk: chunking is invisible
+    assert torch.equal(knn(support, query, 10), idx)
+    strided = torch.cat([support, support], dim=-1)[..., :3]  # same values, not contiguous
+    assert not strided.is_contiguous() and torch.equal(knn(strided, query, 10), idx)
+
+
 @pytest.mark.parametrize(
     "call,match",
     [
@@ -169,6 +204,10 @@ def test_ball_query_gpu_chunking_gives_the_same_result():
         (lambda: furthest_point_sample(torch.zeros(2, 10, 3), 11), r"npoint=11 must be in \[1, N=10\]"),
         (lambda: furthest_point_sample(torch.zeros(2, 10, 3), 4, start=10), r"start=10 must be in \[0, N=10\)"),
         (lambda: furthest_point_sample(torch.zeros(10, 3), 4), r"furthest_point_sample expects \(B, N, 3\)"),
+        (lambda: knn(torch.zeros(2, 10, 3), torch.zeros(2, 3, 2), 4), r"knn expects \(B, N, 3\)"),
+        (lambda: knn(torch.zeros(2, 10, 3), torch.zeros(3, 3, 3), 4), "knn: support and query batch sizes differ"),
+        (lambda: knn(torch.zeros(2, 10, 3), torch.zeros(2, 3, 3), 11), r"knn: k=11 must be in \[1, N=10\]"),
+        (lambda: knn(torch.zeros(2, 10, 3), torch.zeros(2, 3, 3), 0), r"knn: k=0"),
     ],
 )
 def test_bad_arguments_name_the_op_and_the_problem(call, match):

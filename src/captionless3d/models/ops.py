@@ -44,6 +44,7 @@ __all__ = [
     "furthest_point_sample",
     "random_sample",
     "ball_query",
+    "knn",
     "gather_points",
     "group_points",
     "flat_index",
@@ -442,6 +443,38 @@ def _first_in_ball(s_aug: Tensor, q_aug: Tensor, thr: Tensor, ranks: Tensor, blo
         if active.numel() == 0:
             break
     return pos
+
+
+#: Largest ``queries * support`` block of squared distances :func:`knn` materialises at once (float32).
+KNN_CHUNK_ELEMS = 1 << 22
+
+
+@torch.no_grad()
+def knn(support: Tensor, query: Tensor, k: int) -> Tensor:
+    """k nearest neighbours. ``support (B, N, 3)``, ``query (B, M, 3)`` -> indices ``(B, M, k)`` int64.
+
+    Each row lists the ``k`` support points closest to the query in ascending squared distance
+    ``(qx-sx)^2 + (qy-sy)^2 + (qz-sz)^2`` (direct differences, not a GEMM expansion, so exact ties stay exact), and
+    exact ties go to the lower index (a stable sort). This is the grouping of Point-BERT-style encoders (FPS centres +
+    kNN). Work is chunked over queries so that at most :data:`KNN_CHUNK_ELEMS` distances exist at once.
+    """
+    if support.dim() != 3 or query.dim() != 3 or support.shape[-1] != 3 or query.shape[-1] != 3:
+        raise DataError(f"knn expects (B, N, 3) and (B, M, 3), got {tuple(support.shape)}, {tuple(query.shape)}")
+    if support.shape[0] != query.shape[0]:
+        raise DataError("knn: support and query batch sizes differ")
+    B, N, _ = support.shape
+    M = query.shape[1]
+    if not 0 < k <= N:
+        raise DataError(f"knn: k={k} must be in [1, N={N}]")
+    support = support.detach().float()
+    query = query.detach().float()
+    out = torch.empty(B, M, k, dtype=torch.long, device=support.device)
+    mstep = max(1, KNN_CHUNK_ELEMS // max(1, B * N))
+    for m0 in range(0, M, mstep):
+        m1 = min(M, m0 + mstep)
+        d = (query[:, m0:m1, None, :] - support[:, None, :, :]).square_().sum(-1)  # (B, m, N)
+        out[:, m0:m1] = torch.sort(d, dim=-1, stable=True).indices[..., :k]
+    return out
 
 
 def flat_index(idx: Tensor, n: int) -> Tensor:
