@@ -1,4 +1,4 @@
-"""``ops_backend`` (torch | cuda | compile) of ``build_point_encoder`` / ``apply_ops_backend``.
+"""``ops_backend`` (torch | cuda | compile; triton | auto: ``test_triton_ops.py``) of ``build_point_encoder`` / ``apply_ops_backend``.
 
 * ``cuda`` on a machine without the compiled kernels must fail at build time with a ConfigError naming the package;
   the dispatch itself is checked on CPU with stand-in kernels (brute-force FPS / ball query registered as if they
@@ -66,9 +66,9 @@ def _compare(a, b, x, *, train: bool, rtol=1e-5, atol=1e-6):
 
 
 def test_unknown_backend_is_a_config_error():
-    assert OPS_BACKENDS == ("torch", "cuda", "compile")
-    with pytest.raises(ConfigError, match="ops_backend must be one of torch, cuda, compile"):
-        build_point_encoder(ops_backend="triton")
+    assert OPS_BACKENDS == ("torch", "cuda", "compile", "triton", "auto")
+    with pytest.raises(ConfigError, match="ops_backend must be one of torch, cuda, compile, triton, auto"):
+        build_point_encoder(ops_backend="numba")
     with pytest.raises(ConfigError, match="ops_backend"):
         apply_ops_backend(build_point_encoder(), "fast")
 

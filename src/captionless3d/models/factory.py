@@ -22,9 +22,11 @@ which :class:`PointNextEncoder` max-pools into the global feature.
 
 ``ops_backend`` (:func:`apply_ops_backend`): ``torch`` (default, pure PyTorch), ``cuda`` (compiled FPS / ball-query
 kernels of the ``pointnext`` package or OpenPoints, for CUDA tensors; :class:`ConfigError` naming the package when
-they are not importable), ``compile`` (``torch.compile`` of the per-point MLPs and the head, in place, so parameter
-names do not change; FPS, ball query and the fused grouped layers stay eager). ``pretrained`` loads a ULIP / OpenPoints
-/ captionless3d checkpoint through :func:`captionless3d.models.weights.load_pretrained`.
+they are not importable), ``triton`` (run-time compiled Triton FPS / ball-query / kNN kernels for CUDA tensors,
+nothing to build), ``auto`` (``triton`` when a GPU is visible and the kernels work there, else ``torch``; opt-in until
+a GPU measurement shows it faster), ``compile`` (``torch.compile`` of the per-point MLPs and the head, in place, so
+parameter names do not change; FPS, ball query and the fused grouped layers stay eager). ``pretrained`` loads a ULIP /
+OpenPoints / captionless3d checkpoint through :func:`captionless3d.models.weights.load_pretrained`.
 """
 from __future__ import annotations
 
@@ -117,7 +119,7 @@ def build_point_encoder(
     return apply_ops_backend(model, ops_backend)
 
 
-OPS_BACKENDS = ("torch", "cuda", "compile")
+OPS_BACKENDS = ("torch", "cuda", "compile", "triton", "auto")
 
 
 def apply_ops_backend(model: nn.Module, backend: str = "torch") -> nn.Module:
@@ -127,6 +129,12 @@ def apply_ops_backend(model: nn.Module, backend: str = "torch") -> nn.Module:
       :func:`~captionless3d.models.ops.disable_cuda_ops` turns them off); their results are the same.
     * ``cuda``: :func:`~captionless3d.models.ops.enable_cuda_ops` (process-wide: FPS / ball query on CUDA tensors use
       the compiled kernels); :class:`ConfigError` naming the missing package, or when there is no CUDA device.
+    * ``triton``: :func:`~captionless3d.models.ops.enable_triton_ops` (process-wide: FPS, ball query and kNN on CUDA
+      tensors use :mod:`~captionless3d.models.triton_ops`); :class:`ConfigError` when Triton does not import, there
+      is no CUDA device, or the kernels fail their self-check on it.
+    * ``auto``: :func:`~captionless3d.models.ops.enable_auto_ops`: ``triton`` where that would succeed, otherwise the
+      PyTorch ops (with a warning when a GPU is visible but Triton is not usable). Not the default: no GPU
+      measurement has shown Triton faster yet.
     * ``compile``: ``nn.Module.compile()`` on the per-point MLP blocks (stem conv, InvResMLP ``pwconv``, SA skip
       convs, the "group all" stage) and the head's MLP; state-dict names are unchanged.
     """
@@ -136,6 +144,10 @@ def apply_ops_backend(model: nn.Module, backend: str = "torch") -> nn.Module:
         raise ConfigError(f"model.ops_backend must be one of {', '.join(OPS_BACKENDS)}; got {backend!r}")
     if backend == "cuda":
         ops.enable_cuda_ops()
+    elif backend == "triton":
+        ops.enable_triton_ops()
+    elif backend == "auto":
+        ops.enable_auto_ops()
     elif backend == "compile":
         if not hasattr(nn.Module, "compile"):
             raise ConfigError(f"model.ops_backend='compile' needs torch >= 2.2 (nn.Module.compile); "

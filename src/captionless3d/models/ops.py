@@ -18,10 +18,17 @@ All index outputs are ``int64`` and carry no gradient. The batch is split into o
 (:func:`run_parts`); inside a slice FPS loops over the samples, vectorised over groups of clouds sized for the cache,
 and ball query works on memory-bounded chunks (several small clouds at once, or one large cloud in support blocks).
 
-Optional CUDA kernels (``ops_backend: cuda``): :func:`enable_cuda_ops` imports the compiled FPS / ball-query kernels of
-the ``pointnext`` package (``pip install -e ".[cuda]"``) or OpenPoints' ``pointnet2_batch_cuda`` extension; from then
-on :func:`furthest_point_sample` (with ``start=0``) and :func:`ball_query` hand CUDA tensors to them (same semantics,
-see above); CPU tensors always take the PyTorch path.
+Optional GPU kernels, one registry (:data:`_CUDA_OPS`) for CUDA tensors, CPU tensors always take the PyTorch path:
+
+* ``ops_backend: cuda``: :func:`enable_cuda_ops` imports the compiled FPS / ball-query kernels of the ``pointnext``
+  package (``pip install -e ".[cuda]"``) or OpenPoints' ``pointnet2_batch_cuda`` extension; from then on
+  :func:`furthest_point_sample` (with ``start=0``) and :func:`ball_query` hand CUDA tensors to them (same semantics,
+  see above).
+* ``ops_backend: triton``: :func:`enable_triton_ops` registers the Triton kernels of
+  :mod:`captionless3d.models.triton_ops` (FPS with any ``start``, ball query, :func:`knn`): compiled at run time by
+  the Triton that ships with torch, nothing to build. ``ops_backend: auto`` (:func:`enable_auto_ops`): the same when
+  a CUDA device is visible and the kernels pass a self-check there, otherwise the PyTorch ops. Opt-in: ``torch``
+  stays the default until a GPU measurement shows Triton faster.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ __all__ = [
     "batch_parts",
     "run_parts",
     "enable_cuda_ops",
+    "enable_triton_ops",
+    "enable_auto_ops",
     "disable_cuda_ops",
     "cuda_ops_source",
 ]
@@ -156,7 +165,9 @@ def run_parts(fn: Callable[..., T], parts: Sequence[tuple]) -> list[T]:
         return [first, *(f.result() for f in futures)]
 
 
-#: Compiled kernels registered by :func:`enable_cuda_ops`: ``fps(xyz, npoint)``, ``ball_query(support, query, r, k)``.
+#: GPU kernels registered by :func:`enable_cuda_ops` / :func:`enable_triton_ops`, given contiguous float32 tensors:
+#: ``fps(xyz, npoint, start)`` (returns ``None`` for a ``start`` it does not support: the PyTorch loop runs instead),
+#: ``ball_query(support, query, r, k)`` and, optionally, ``knn(support, query, k)``; any integer index dtype.
 _CUDA_OPS: dict[str, Callable] = {}
 #: Device types dispatched to :data:`_CUDA_OPS` (a module attribute so tests can exercise the dispatch on CPU).
 _CUDA_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
@@ -175,7 +186,7 @@ def _import_cuda_ops() -> tuple[str, dict[str, Callable]]:
         errors.append(f"pointnext: {type(exc).__name__}: {exc}")
     else:
         return "pointnext", {
-            "fps": lambda xyz, n: pn_fps(xyz, n),
+            "fps": lambda xyz, n, start: pn_fps(xyz, n) if start == 0 else None,  # the kernel always starts at 0
             "ball_query": lambda s, q, r, k: pn_ball_query(s, q, r, k),
         }
     try:
@@ -198,7 +209,10 @@ def _import_cuda_ops() -> tuple[str, dict[str, Callable]]:
             op_cuda.ball_query_wrapper(B, N, M, radius, k, query, support, idx)
             return idx
 
-        return "pointnet2_batch_cuda", {"fps": op_fps, "ball_query": op_ball_query}
+        return "pointnet2_batch_cuda", {
+            "fps": lambda xyz, n, start: op_fps(xyz, n) if start == 0 else None,
+            "ball_query": op_ball_query,
+        }
     raise ConfigError(
         "model.ops_backend='cuda' needs compiled CUDA point ops: the 'pointnext' package "
         "(pip install -e \".[cuda]\", needs nvcc) or OpenPoints' 'pointnet2_batch_cuda' extension; neither is "
@@ -218,11 +232,88 @@ def enable_cuda_ops(require_device: bool = True) -> str:
     if require_device and not torch.cuda.is_available():
         raise ConfigError(f"model.ops_backend='cuda': {source} is importable but no CUDA device is available "
                           "(torch.cuda.is_available() is False); use ops_backend='torch'")
+    _register(source, ops)
+    return source
+
+
+def enable_triton_ops(require_device: bool = True) -> str:
+    """Register the Triton kernels of :mod:`captionless3d.models.triton_ops` for CUDA tensors; returns ``"triton"``.
+
+    Raises :class:`~captionless3d.errors.ConfigError` when ``triton`` does not import, when ``require_device`` and no
+    CUDA device is visible, or when the kernels fail the self-check on the device (:func:`_triton_self_check`).
+    """
+    from captionless3d.errors import ConfigError
+
+    from . import triton_ops
+
+    if not triton_ops.available():
+        raise ConfigError(
+            "model.ops_backend='triton' needs the 'triton' package, which does not import here "
+            f"({triton_ops.unavailable_reason()}); it ships with torch's Linux CUDA wheels (or: pip install triton). "
+            "Use ops_backend='torch' (pure PyTorch) or 'auto'."
+        )
+    if require_device:
+        if not torch.cuda.is_available():
+            raise ConfigError("model.ops_backend='triton': no CUDA device is available (torch.cuda.is_available() is "
+                              "False) and the Triton kernels run on CUDA tensors; use ops_backend='torch' or 'auto'")
+        problem = _triton_self_check(torch.device("cuda"))
+        if problem:
+            raise ConfigError(f"model.ops_backend='triton': the Triton kernels failed their self-check on "
+                              f"{torch.cuda.get_device_name()}: {problem}; use ops_backend='torch'")
+    _register("triton", {"fps": triton_ops.furthest_point_sample, "ball_query": triton_ops.ball_query,
+                         "knn": triton_ops.knn})
+    return "triton"
+
+
+def enable_auto_ops() -> str | None:
+    """``ops_backend=auto``: the Triton kernels for CUDA tensors when a CUDA device is visible, ``triton`` imports
+    and the kernels pass :func:`_triton_self_check` there; otherwise the PyTorch ops everywhere (a warning says why
+    when a GPU is visible but Triton is not usable). Returns ``"triton"`` or ``None``."""
+    from . import triton_ops
+
+    disable_cuda_ops()
+    if not torch.cuda.is_available():
+        return None  # the PyTorch ops are the only option: nothing to warn about
+    if not triton_ops.available():
+        problem = f"triton does not import ({triton_ops.unavailable_reason()})"
+    else:
+        problem = _triton_self_check(torch.device("cuda"))
+    if problem:
+        warnings.warn(f"model.ops_backend='auto': using the pure-PyTorch point ops on the GPU: {problem}",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    return enable_triton_ops(require_device=False)
+
+
+def _triton_self_check(device: torch.device) -> str | None:
+    """Run the Triton kernels once on ``device`` against the PyTorch ops on the CPU; ``None`` if every index agrees,
+    else what went wrong. The cloud is a shuffled 4 x 4 x 4 grid with spacing 1/4: every distance is exact in float32
+    (so the answers must be identical on any device), with exact FPS ties, points exactly on the ball-query sphere
+    and tied kNN distances."""
+    from . import triton_ops
+
+    g = torch.Generator().manual_seed(0)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(4.0)] * 3, indexing="ij"), -1).reshape(1, 64, 3) / 4
+    xyz = grid[:, torch.randperm(64, generator=g)]
+    query = xyz[:, :16]
+    x, q = xyz.to(device), query.to(device)
+    try:
+        checks = {
+            "furthest_point_sample": (triton_ops.furthest_point_sample(x, 48, 5), furthest_point_sample(xyz, 48, 5)),
+            "ball_query": (triton_ops.ball_query(x, q, 0.5, 8), ball_query(xyz, query, 0.5, 8)),
+            "knn": (triton_ops.knn(x, q, 10), knn(xyz, query, 10)),
+        }
+    except Exception as exc:  # noqa: BLE001 - a compiler / driver failure of any kind: report it, do not crash
+        return f"{type(exc).__name__}: {exc}"[:500]
+    bad = [name for name, (a, b) in checks.items() if not torch.equal(a.cpu(), b)]
+    return f"indices differ from the PyTorch ops in {', '.join(bad)}" if bad else None
+
+
+def _register(source: str, kernels: dict[str, Callable]) -> None:
     global _cuda_source
     _CUDA_OPS.clear()
-    _CUDA_OPS.update(ops)
+    _CUDA_OPS.update(kernels)
     _cuda_source = source
-    return source
 
 
 def disable_cuda_ops() -> None:
@@ -233,7 +324,8 @@ def disable_cuda_ops() -> None:
 
 
 def cuda_ops_source() -> str | None:
-    """Name of the package whose CUDA kernels are registered, or ``None``."""
+    """Name of the package whose GPU kernels are registered (``pointnext``, ``pointnet2_batch_cuda``, ``triton``), or
+    ``None``."""
     return _cuda_source
 
 
@@ -256,8 +348,10 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     if not 0 <= start < N:
         raise DataError(f"furthest_point_sample: start={start} must be in [0, N={N})")
     xyz = xyz.detach().float()
-    if start == 0 and _use_cuda_ops(xyz):
-        return _CUDA_OPS["fps"](xyz.contiguous(), npoint).long()
+    if _use_cuda_ops(xyz):
+        idx = _CUDA_OPS["fps"](xyz.contiguous(), npoint, start)
+        if idx is not None:  # None: this kernel cannot start at ``start``
+            return idx.long()
     out = torch.empty(B, npoint, dtype=torch.long, device=xyz.device)
     out[:, 0] = start
     if npoint == 1:
@@ -468,6 +562,8 @@ def knn(support: Tensor, query: Tensor, k: int) -> Tensor:
         raise DataError(f"knn: k={k} must be in [1, N={N}]")
     support = support.detach().float()
     query = query.detach().float()
+    if "knn" in _CUDA_OPS and _use_cuda_ops(support):
+        return _CUDA_OPS["knn"](support.contiguous(), query.contiguous(), k).long()
     out = torch.empty(B, M, k, dtype=torch.long, device=support.device)
     mstep = max(1, KNN_CHUNK_ELEMS // max(1, B * N))
     for m0 in range(0, M, mstep):
