@@ -1,15 +1,38 @@
-"""Point-cloud student encoders: PointNeXt (pure PyTorch, OpenPoints-compatible) + projection head."""
+"""Point-cloud student encoders: backbones (PointNeXt, PointNet++, Point-BERT, OpenShape's PointPatchTransformer;
+pure PyTorch) in one registry, + projection head.
+
+``build_backbone(name)`` returns any registered bare backbone, ``build_point_encoder(name, ...)`` backbone + head;
+``list_encoders()`` lists the names (docs/backbones.md).
+"""
 from __future__ import annotations
 
-from .factory import build_point_encoder, create_encoder, encoder_config, list_encoders, register_encoder
+from .factory import (
+    backbone_class,
+    build_backbone,
+    build_point_encoder,
+    create_encoder,
+    encoder_config,
+    list_encoders,
+    register_encoder,
+)
 from .heads import PointEncoder, ProjectionHead
-from .ops import ball_query, furthest_point_sample, gather_points, group_points
+from .ops import ball_query, furthest_point_sample, gather_points, group_points, knn
 from .pointnext import PointNextEncoder
+
+# the other backbone families register their presets on import (timm style)
+from .pointnet2 import PointNet2SSG  # noqa: E402  (after factory: they import its register_encoder)
+from .pointbert import PointBERT  # noqa: E402
+from .ppat import PointPatchTransformer  # noqa: E402
 
 __all__ = [
     "PointNextEncoder",
+    "PointNet2SSG",
+    "PointBERT",
+    "PointPatchTransformer",
     "ProjectionHead",
     "PointEncoder",
+    "build_backbone",
+    "backbone_class",
     "build_point_encoder",
     "create_encoder",
     "encoder_config",
@@ -17,6 +40,7 @@ __all__ = [
     "register_encoder",
     "furthest_point_sample",
     "ball_query",
+    "knn",
     "gather_points",
     "group_points",
 ]

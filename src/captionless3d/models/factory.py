@@ -49,21 +49,27 @@ __all__ = [
     "list_encoders",
     "encoder_config",
     "create_encoder",
+    "build_backbone",
+    "backbone_class",
     "build_point_encoder",
 ]
 
-_REGISTRY: dict[str, Callable[[], dict[str, Any]]] = {}
-_ENCODER_KEYS = set(inspect.signature(PointNextEncoder.__init__).parameters) - {"self"}
+#: name -> (builder, preset): ``builder(**preset(), **overrides)`` builds the bare backbone.
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], Callable[[], dict[str, Any]]]] = {}
 
 
-def register_encoder(name: str | None = None) -> Callable:
-    """Decorator (timm style): register a function returning the ``PointNextEncoder`` kwargs of a preset."""
+def register_encoder(name: str | None = None, *, builder: Callable[..., nn.Module] = PointNextEncoder) -> Callable:
+    """Decorator (timm style): register a preset, a function returning the keyword arguments of ``builder``.
+
+    ``builder`` is the backbone's class (one per kind: :class:`PointNextEncoder` by default, ``PointNet2SSG``,
+    ``PointBERT``, ``PointPatchTransformer``); every backbone keeps the contract of
+    :mod:`captionless3d.models.backbone` (``forward(xyz, features=None) -> (B, out_channels)``)."""
 
     def deco(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ConfigError(f"model name {key!r} is already registered")
-        _REGISTRY[key] = fn
+        _REGISTRY[key] = (builder, fn)
         return fn
 
     return deco
@@ -73,47 +79,74 @@ def list_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def encoder_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """The preset's kwargs with ``overrides`` applied (unknown name or key -> :class:`ConfigError`)."""
+def _entry(name: str) -> tuple[Callable[..., nn.Module], Callable[[], dict[str, Any]]]:
     if name not in _REGISTRY:
         raise ConfigError(f"model.name: unknown point encoder {name!r}; known: {', '.join(list_encoders())}")
-    cfg = dict(_REGISTRY[name]())
-    unknown = sorted(set(overrides) - _ENCODER_KEYS)
+    return _REGISTRY[name]
+
+
+def backbone_class(name: str) -> Callable[..., nn.Module]:
+    """The class (builder) a registered name builds."""
+    return _entry(name)[0]
+
+
+def encoder_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The preset's kwargs with ``overrides`` applied (unknown name, or a key the builder does not take ->
+    :class:`ConfigError` naming the valid ones)."""
+    builder, preset = _entry(name)
+    cfg = dict(preset())
+    valid = set(inspect.signature(builder).parameters) - {"self"}
+    unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ConfigError(
-            f"model: unknown PointNextEncoder option(s) {unknown}; valid: {', '.join(sorted(_ENCODER_KEYS))}"
+            f"model: unknown {builder.__name__} option(s) {unknown} for {name!r}; valid: {', '.join(sorted(valid))}"
         )
     cfg.update(overrides)
     return cfg
 
 
-def create_encoder(name: str = "pointnext_s", **overrides: Any) -> PointNextEncoder:
-    return PointNextEncoder(**encoder_config(name, **overrides))
+def build_backbone(name: str = "pointnext_s", **overrides: Any) -> nn.Module:
+    """The bare backbone registered as ``name`` (no head): ``forward(xyz (B, N, 3), features=None) -> (B,
+    out_channels)``, with ``overrides`` applied to the preset."""
+    return backbone_class(name)(**encoder_config(name, **overrides))
+
+
+#: The earlier name of :func:`build_backbone`.
+create_encoder = build_backbone
 
 
 def build_point_encoder(
     name: str = "pointnext_s",
     embed_dim: int = 512,
     head_mlps: Sequence[int] = (512, 256),
-    in_channels: int = 3,
+    in_channels: int | None = None,
     head_dropout: float = 0.5,
     ops_backend: str = "torch",
     pretrained: str | None = None,
     pretrained_head: str = "all",
+    head_projection: bool = True,
     **overrides: Any,
 ) -> PointEncoder:
-    """Backbone preset ``name`` + :class:`ProjectionHead` (``head_mlps`` then ``Linear -> embed_dim``).
+    """Backbone ``name`` (any registered kind) + :class:`ProjectionHead` (``head_mlps`` then ``Linear ->
+    embed_dim``; ``head_projection=False`` leaves the final Linear out, for backbones that already end in the
+    teacher's space, e.g. OpenShape's B32 release).
 
-    ``pretrained``: checkpoint path (ULIP / OpenPoints / captionless3d layout, detected), loaded strictly with
-    ``head=pretrained_head`` (``all`` / ``hidden`` / ``none``). ``ops_backend``: see :func:`apply_ops_backend`.
+    ``in_channels``: per-point input channels (``None``: the preset's). ``overrides`` go to the backbone (e.g.
+    ``constant_rgb`` for OpenShape). ``pretrained``: checkpoint path, key layout detected (PointNeXt: ULIP /
+    OpenPoints / captionless3d; the other backbones: ULIP-1/2, OpenShape, Point-BERT, captionless3d; see
+    :mod:`captionless3d.models.released`), loaded strictly with ``head=pretrained_head`` (``all`` / ``hidden`` /
+    ``none``). ``ops_backend``: see :func:`apply_ops_backend`.
     """
     if ops_backend not in OPS_BACKENDS:
         raise ConfigError(f"model.ops_backend must be one of {', '.join(OPS_BACKENDS)}; got {ops_backend!r}")
-    encoder = create_encoder(name, in_channels=in_channels, **overrides)
-    head = ProjectionHead(encoder.out_channels, mlps=head_mlps, out_dim=embed_dim, dropout=head_dropout)
+    if in_channels is not None:
+        overrides["in_channels"] = in_channels
+    encoder = build_backbone(name, **overrides)
+    head = ProjectionHead(encoder.out_channels, mlps=head_mlps, out_dim=embed_dim, dropout=head_dropout,
+                          projection=head_projection)
     model = PointEncoder(encoder, head)
     if pretrained:
-        from .weights import load_pretrained
+        from .released import load_pretrained
 
         load_pretrained(model, pretrained, head=pretrained_head)
     return apply_ops_backend(model, ops_backend)
