@@ -272,7 +272,7 @@ def convert_state_dict(
     unexpected += [origin[k] for k in mapped if k not in target]
     mismatched = [(k, origin[k], tuple(mapped[k].shape), tuple(target[k].shape))
                   for k in mapped if k in target and mapped[k].shape != target[k].shape]
-    if not any(k in target for k in mapped):
+    if not any(k in target and k.startswith(enc) and not k.startswith("head.") for k in mapped):
         raise CheckpointError(f"{source}: no weights of this {type(backbone).__name__} found (layout {lay.name}); "
                               f"first keys: {', '.join(list(sd)[:_SHOWN])}")
     if missing or unexpected or mismatched:
@@ -306,7 +306,8 @@ def _message(source, lay, backbone, proj_head, enc, sd, missing, unexpected, mis
 
     # Point-BERT: 3 vs 6 input channels, 512 vs 1280 projection (salesforce/ULIP#60)
     stem = shapes.get(enc + "encoder.first_conv.0.weight")
-    final = next(((s, t) for k, (s, t) in shapes.items() if k.startswith("head.") and k.endswith("0.weight")), None)
+    final = next(((s, t) for k, (s, t) in shapes.items()
+                  if k.startswith("head.") and k.endswith("0.weight") and s[0] != t[0]), None)
     if kind == "PointBERT" and lay.name == "ulip" and (stem or final):
         file_in = stem[0][1] if stem else backbone.in_channels
         file_d = final[0][0] if final else None
