@@ -16,8 +16,9 @@ train:
 
 CKPT ?= all
 BASELINES ?= [pointclip]
-eval:  ## one table, a row per model: the newest best.ckpt of every experiment + training-free baselines
-	$(PY) -m captionless3d.eval ckpt=$(CKPT) baseline=$(BASELINES)
+EVAL_ARGS ?=
+eval:  ## one table, a row per model: the newest best.ckpt of every experiment + baselines (EVAL_ARGS: more overrides, e.g. baseline.ulip_pointbert.pretrained=<file>)
+	$(PY) -m captionless3d.eval ckpt=$(CKPT) baseline=$(BASELINES) $(EVAL_ARGS)
 
 BENCH_ARGS ?=
 bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for small sizes)
