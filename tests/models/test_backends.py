@@ -1,4 +1,5 @@
-"""``ops_backend`` (torch | cuda | compile; triton | auto: ``test_triton_ops.py``) of ``build_point_encoder`` / ``apply_ops_backend``.
+"""``ops_backend`` (torch | cuda | compile) of ``build_point_encoder`` / ``apply_ops_backend`` (triton | auto:
+``test_triton_ops.py``).
 
 * ``cuda`` on a machine without the compiled kernels must fail at build time with a ConfigError naming the package;
   the dispatch itself is checked on CPU with stand-in kernels (brute-force FPS / ball query registered as if they

@@ -402,6 +402,62 @@ def test_fps_dispatch_falls_back_for_a_start_the_kernel_lacks(monkeypatch):
     assert calls == [4]
 
 
+# ------------------------------------------------------------------------------------------- the GPU benchmark
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_pointnext_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_pointnext_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_arguments_and_cases():
+    bench = _bench()
+    args = bench.parse_args([])
+    assert (args.device, args.quick, args.cpu_smoke, args.budget_s, args.json) == ("cuda", False, False, 270.0, None)
+    assert bench.parse_args(["--cpu-smoke"]).device == "cpu"
+    # the issue's configurations: train and forward at 32 x 2048 and 128 x 1024, fp32 and bf16
+    wanted = {(m, B, N, p) for m in ("train", "fwd") for B, N in ((32, 2048), (128, 1024)) for p in ("fp32", "bf16")}
+    assert wanted <= set(bench.MODEL_CASES)
+    assert any(N > T.FPS_ON_CHIP_MAX for _, _, N, _ in bench.FPS_CASES)  # the tiled kernel is timed too
+    assert {"fps", "ball", "knn", "model", "parity"} <= set(bench.FULL) and set(bench.FULL) == set(bench.SMOKE)
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(SystemExit, match="no CUDA device visible; use --cpu-smoke"):
+        bench.main([])
+    if not INTERPRETED:
+        with pytest.raises(SystemExit, match="--cpu-smoke needs Triton in interpreter mode"):
+            bench.main(["--cpu-smoke"])
+
+
+@interp_only
+def test_gpu_benchmark_cpu_smoke(tmp_path, monkeypatch, capsys):
+    """The whole benchmark script at tiny sizes (one model configuration here, to save time): every section runs,
+    the Triton backend gives the PyTorch indices, and the settings it changes are restored."""
+    import json
+
+    bench = _bench()
+    monkeypatch.setitem(bench.SMOKE, "model", [("train", 2, 16, "bf16")])
+    bench.main(["--cpu-smoke", "--json", str(tmp_path / "b.json")])
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert set(res["parity"]["backends"]) == {"torch", "triton"} or "cuda" in res["parity"]["backends"]
+    par = res["parity"]["triton_vs_torch"]
+    assert par["fps"]["identical_sequences"] == par["fps"]["clouds"] == 2
+    assert par["fps_large"]["triton_kernel"] == "tiled" and par["fps_large"]["identical_sequences"] == 2
+    assert all(r["identical_rows"] + r["mismatches_at_boundary"] == r["rows"] for r in par["ball_query"])
+    assert par["knn"]["identical_rows"] == par["knn"]["rows"]
+    timed = {(r["op"], r["backend"]) for r in res["ops"] if "ms" in r}
+    assert timed == {(op, b) for op in ("fps", "ball_query", "knn") for b in ("torch", "triton")}
+    assert {r["backend"] for r in res["throughput"] if r.get("samples_per_s")} == {"torch", "triton"}
+    assert set(res["summary"]["train 2x16 bf16 samples/s"]) == {"torch", "triton"}
+    assert '"summary"' in capsys.readouterr().out  # printed as JSON lines
+    assert T.FPS_ON_CHIP_MAX == 16384 and T.KNN_BLOCK_N == 64  # smoke block sizes restored
+    assert ops._CUDA_DEVICE_TYPES == ("cuda",) and ops.cuda_ops_source() is None
+
+
 # ----------------------------------------------------------------------------------------- compiled for a GPU
 @compiled_only
 def test_kernels_compile_for_sm90(monkeypatch):

@@ -64,6 +64,7 @@ __all__ = [
     "enable_auto_ops",
     "disable_cuda_ops",
     "cuda_ops_source",
+    "kernels_on_cpu",
 ]
 
 #: Largest ``queries * support block`` a ball-query step materialises (float32: 4 bytes each).
@@ -327,6 +328,20 @@ def cuda_ops_source() -> str | None:
     """Name of the package whose GPU kernels are registered (``pointnext``, ``pointnet2_batch_cuda``, ``triton``), or
     ``None``."""
     return _cuda_source
+
+
+@contextlib.contextmanager
+def kernels_on_cpu() -> Iterator[None]:
+    """Inside the block, CPU tensors also go to the registered GPU kernels. Only useful with Triton's interpreter
+    (``TRITON_INTERPRET=1`` from process start): the benchmark's ``--cpu-smoke`` runs the model through the Triton
+    kernels on a machine without a GPU this way. Not thread-safe (a module setting)."""
+    global _CUDA_DEVICE_TYPES
+    saved = _CUDA_DEVICE_TYPES
+    _CUDA_DEVICE_TYPES = (*saved, "cpu")
+    try:
+        yield
+    finally:
+        _CUDA_DEVICE_TYPES = saved
 
 
 def _use_cuda_ops(t: Tensor) -> bool:

@@ -42,6 +42,7 @@ was available when this was written); ``benchmarks/bench_pointnext_gpu.py`` meas
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -315,6 +316,11 @@ def _launcher(op: str, *tensors: Tensor) -> bool:
     return False
 
 
+def _device_of(t: Tensor, interpret: bool):
+    """Triton launches on the current CUDA device: make it the tensor's (several GPUs in one process)."""
+    return contextlib.nullcontext() if interpret or t.device.type != "cuda" else torch.cuda.device(t.device)
+
+
 def _points(op: str, name: str, t: Tensor) -> None:
     if not isinstance(t, Tensor) or t.dim() != 3 or t.shape[-1] != 3:
         shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
@@ -357,6 +363,13 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     if B == 0:
         return out
     sb, sn, sc = xyz.stride()
+    with _device_of(xyz, interpret):
+        _launch_fps(xyz, out, npoint, start, sb, sn, sc, interpret)
+    return out
+
+
+def _launch_fps(xyz: Tensor, out: Tensor, npoint: int, start: int, sb: int, sn: int, sc: int, interpret: bool) -> None:
+    B, N, _ = xyz.shape
     if N <= FPS_ON_CHIP_MAX:
         block = _pow2(N)
         _kernel("fps", interpret)[(B,)](xyz, out, N, npoint, start, sb, sn, sc, BLOCK=block,
@@ -365,7 +378,6 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
         dist = torch.full((B, N), 1e10, dtype=torch.float32, device=xyz.device)
         _kernel("fps_tiled", interpret)[(B,)](xyz, dist, out, N, npoint, start, sb, sn, sc, BLOCK=_pow2(FPS_TILE),
                                               num_warps=8, enable_fp_fusion=False)
-    return out
 
 
 def _pair_args(op: str, support: Tensor, query: Tensor) -> tuple[int, int, int]:
@@ -395,11 +407,12 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
         return out
     r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)  # exact in float32, so the kernel's fp32 r2 is too
     grid = (triton.cdiv(M, BALL_QUERY_BLOCK_M), B)
-    _kernel("ball_query", interpret)[grid](
-        support, query, out, N, M, r2, nsample, *support.stride(), *query.stride(),
-        BLOCK_M=BALL_QUERY_BLOCK_M, BLOCK_N=BALL_QUERY_BLOCK_N, BLOCK_K=_pow2(nsample), num_warps=4,
-        enable_fp_fusion=False,
-    )
+    with _device_of(support, interpret):
+        _kernel("ball_query", interpret)[grid](
+            support, query, out, N, M, r2, nsample, *support.stride(), *query.stride(),
+            BLOCK_M=BALL_QUERY_BLOCK_M, BLOCK_N=BALL_QUERY_BLOCK_N, BLOCK_K=_pow2(nsample), num_warps=4,
+            enable_fp_fusion=False,
+        )
     return out
 
 
@@ -423,8 +436,9 @@ def knn(support: Tensor, query: Tensor, k: int) -> Tensor:
     block_n = max(k_pad, KNN_BLOCK_N)
     block_m = max(1, min(KNN_BLOCK_M, KNN_MAX_TILE // block_n))
     grid = (triton.cdiv(M, block_m), B)
-    _kernel("knn", interpret)[grid](
-        support, query, out, N, M, k, *support.stride(), *query.stride(),
-        BLOCK_M=block_m, BLOCK_N=block_n, K_PAD=k_pad, num_warps=4, enable_fp_fusion=False,
-    )
+    with _device_of(support, interpret):
+        _kernel("knn", interpret)[grid](
+            support, query, out, N, M, k, *support.stride(), *query.stride(),
+            BLOCK_M=block_m, BLOCK_N=block_n, K_PAD=k_pad, num_warps=4, enable_fp_fusion=False,
+        )
     return out
