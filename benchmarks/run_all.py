@@ -23,6 +23,9 @@ Sections (each catches its own exceptions and prints ``section N failed: ...``, 
    Face CLIPs) and the projected wall time for 1.6 M images at the ViT-B-32 rate. ``--sections features`` works too.
 8. ``search``: shape-index search latency p50 / p95 over a 100 000-shape random fp16 index, 1 and 8 queries
    (``benchmarks/bench_search.py``). ``--sections search`` works too.
+9. ``backbones``: train and forward samples/s of PointNeXt-S and the small presets of PointNet++, Point-BERT and
+   OpenShape's PointPatchTransformer at batch 32 x 256 points (``benchmarks/bench_backbones.py``), on CPU and, when
+   one is available, on the GPU. ``--sections backbones`` works too.
 
 The cores may be shared with other processes: the load average is printed at the start and the end.
 """
@@ -398,6 +401,17 @@ def section_search(quick: bool) -> None:
         record("8 search", f"{shapes} shapes x 512 fp16, {name}: p50 | p95", f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} ms")
 
 
+# ------------------------------------------------------------------------------------------------------ section 9
+def section_backbones(quick: bool) -> None:
+    from benchmarks.bench_backbones import run
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for r in run(quick=quick, device=device):
+            record("9 backbones", f"{r['name']} {device} {r['batch']}x{r['points']} train | fwd samples/s",
+                   f"{r['train_samples_per_s']:.1f} | {r['fwd_samples_per_s']:.1f} ({r['vs_pointnext_s']:.2f}x PointNeXt-S)")
+
+
 SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {
     "1": ("PointNeXt-S throughput, FLOPs, memory", section_pointnext),
     "2": ("loss", section_loss),
@@ -407,8 +421,9 @@ SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {
     "6": ("exact top-k", section_topk),
     "7": ("features: teacher encode throughput per backend", section_bench_features),
     "8": ("shape-index search latency", section_search),
+    "9": ("backbones: train throughput per family", section_backbones),
 }
-SECTION_ALIASES = {"features": "7", "search": "8"}
+SECTION_ALIASES = {"features": "7", "search": "8", "backbones": "9"}
 
 
 def main() -> None:
