@@ -1,6 +1,12 @@
 """Registry of point-encoder presets and ``build_point_encoder``.
 
-Presets (OpenPoints configs; parameter counts exact, checked against ``openpoints==0.1.2``'s own constructor):
+One registry for every backbone kind: a name maps to a builder (the backbone's class) and a preset (its keyword
+arguments); :func:`build_backbone` returns the bare backbone, :func:`build_point_encoder` backbone + head. The
+PointNeXt presets are below; ``pointnet2_ssg[_small]`` (:mod:`~captionless3d.models.pointnet2`), ``pointbert``,
+``pointbert_ulip2``, ``pointbert_small`` (:mod:`~captionless3d.models.pointbert`) and ``openshape_pointbert_b32[_small]``,
+``openshape_pointbert_g14`` (:mod:`~captionless3d.models.ppat`) register themselves in their modules (docs/backbones.md).
+
+PointNeXt presets (OpenPoints configs; parameter counts exact, checked against ``openpoints==0.1.2``'s own constructor):
 
 ============  ==============================  ==================  ===========  ==============  ============  ============
 name          blocks / strides                SA / radius          encoder      + head [512,    + 256->512    total
@@ -25,8 +31,9 @@ kernels of the ``pointnext`` package or OpenPoints, for CUDA tensors; :class:`Co
 they are not importable), ``triton`` (run-time compiled Triton FPS / ball-query / kNN kernels for CUDA tensors,
 nothing to build), ``auto`` (``triton`` when a GPU is visible and the kernels work there, else ``torch``; opt-in until
 a GPU measurement shows it faster), ``compile`` (``torch.compile`` of the per-point MLPs and the head, in place, so
-parameter names do not change; FPS, ball query and the fused grouped layers stay eager). ``pretrained`` loads a ULIP /
-OpenPoints / captionless3d checkpoint through :func:`captionless3d.models.weights.load_pretrained`.
+parameter names do not change; FPS, ball query and the fused grouped layers stay eager). ``pretrained`` loads a
+checkpoint through :func:`captionless3d.models.released.load_pretrained` (PointNeXt: ULIP / OpenPoints / captionless3d
+layouts of :mod:`~captionless3d.models.weights`; the other kinds: ULIP-1/2, OpenShape, Point-BERT, captionless3d).
 """
 from __future__ import annotations
 
