@@ -54,7 +54,8 @@ FPS_CASES = [("pointnext 32x2048->1024", 32, 2048, 1024), ("32x8192->2048", 32, 
 BALL_CASES = [("pointnext 32x2048, 1024 centres, r 0.15", 32, 2048, 1024, 0.15, 32),
               ("32x8192, 2048 centres, r 0.1", 32, 8192, 2048, 0.1, 32)]
 #: (label, B, N, M, k): Point-BERT grouping (ULIP: 8192 points, 512 groups of 32); a small cloud.
-KNN_CASES = [("point-bert 32x8192, 512 groups, k 32", 32, 8192, 512, 32), ("32x1024, 64 groups, k 32", 32, 1024, 64, 32)]
+KNN_CASES = [("point-bert 32x8192, 512 groups, k 32", 32, 8192, 512, 32),
+             ("32x1024, 64 groups, k 32", 32, 1024, 64, 32)]
 #: (mode, B, N, precision)
 MODEL_CASES = [("train", 32, 2048, "fp32"), ("train", 32, 2048, "bf16"), ("train", 128, 1024, "fp32"),
                ("train", 128, 1024, "bf16"), ("fwd", 32, 2048, "fp32"), ("fwd", 32, 2048, "bf16"),
@@ -172,7 +173,8 @@ def _knn_compare(x, centres, k, a, b) -> dict:
     for bi, mi in bad.nonzero().tolist():
         d2 = ((x[bi].double() - centres[bi, mi].double()) ** 2).sum(-1).sort().values
         near_tie += int((d2[k] - d2[k - 1]).abs() < 1e-6 or ((d2[1:k] - d2[: k - 1]).abs() < 1e-6).any())
-    return {"k": k, "rows": int(bad.numel()), "identical_rows": int((~bad).sum()), "mismatches_with_near_ties": near_tie}
+    return {"k": k, "rows": int(bad.numel()), "identical_rows": int((~bad).sum()),
+            "mismatches_with_near_ties": near_tie}
 
 
 def parity(bk: Backends, device: str, sizes: dict) -> dict:
