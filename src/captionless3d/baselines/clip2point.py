@@ -36,7 +36,7 @@ from torch import Tensor
 
 from captionless3d.baselines.pointclip import PointCLIPEncoder, create_pointclip
 from captionless3d.errors import CheckpointError, ConfigError, DataError
-from captionless3d.models.weights import _strip, read_checkpoint
+from captionless3d.models.weights import read_checkpoint, strip_wrappers
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _SHOWN = 8
 def read_depth_encoder(path: str | os.PathLike) -> dict[str, Tensor]:
     """The depth encoder's ``state_dict`` from a CLIP2Point checkpoint (``point_model.*``, ``module.`` stripped);
     :class:`CheckpointError` when the file is not a checkpoint or holds no depth encoder."""
-    sd = {_strip(k): v for k, v in read_checkpoint(path).items()}
+    sd = {strip_wrappers(k): v for k, v in read_checkpoint(path).items()}
     tower = {k[len(_PREFIX):]: v for k, v in sd.items() if k.startswith(_PREFIX)}
     if not tower:
         raise CheckpointError(f"{os.fspath(path)}: no CLIP2Point depth encoder (no 'module.point_model.*' keys); "

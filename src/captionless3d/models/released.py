@@ -57,7 +57,7 @@ from captionless3d.errors import CheckpointError
 
 from .heads import PointEncoder, ProjectionHead
 from .pointnext import PointNextEncoder
-from .weights import HEAD_MODES, LoadReport, _strip, extract_state_dict, read_checkpoint
+from .weights import HEAD_MODES, LoadReport, extract_state_dict, read_checkpoint, strip_wrappers
 
 __all__ = ["LAYOUTS", "detect_layout", "embedding_width", "convert_state_dict", "load_pretrained"]
 
@@ -125,14 +125,14 @@ def _resolve(keys: list[str], layout: str, source: str) -> _Layout:
 
 def detect_layout(state_dict: Mapping[str, Tensor]) -> str:
     """Name of the key layout of ``state_dict`` (module doc); ``backbone`` when no known prefix is present."""
-    return _resolve([_strip(str(k)) for k in state_dict], "auto", "state_dict").name
+    return _resolve([strip_wrappers(str(k)) for k in state_dict], "auto", "state_dict").name
 
 
 def embedding_width(state_dict: Mapping[str, Tensor], layout: str = "auto") -> int | None:
     """Width of the space the file's point encoder embeds into, read from the file alone: ULIP's ``pc_projection``
     ``(F, D)`` -> D; OpenShape's ``proj`` -> its outputs, else (no projection: the B32 release) the cls token's
     width; our own head's final ``Linear``. ``None`` when the file does not tell (a bare backbone)."""
-    sd = {_strip(str(k)): v for k, v in state_dict.items()}
+    sd = {strip_wrappers(str(k)): v for k, v in state_dict.items()}
     lay = _resolve(list(sd), layout, "state_dict")
     if lay.name == "ulip" and "pc_projection" in sd and sd["pc_projection"].dim() == 2:
         return int(sd["pc_projection"].shape[1])
@@ -193,7 +193,7 @@ def convert_state_dict(
     backbone, proj_head, enc = _split_model(model)
     if isinstance(backbone, PointNextEncoder):
         raise CheckpointError("PointNeXt weights go through captionless3d.models.weights (load_pretrained dispatches)")
-    sd = {_strip(str(k)): v for k, v in state_dict.items()}
+    sd = {strip_wrappers(str(k)): v for k, v in state_dict.items()}
     lay = _resolve(list(sd), layout, source)
     target = model.state_dict()
     hidden_t, final_t = _head_parts(proj_head) if proj_head is not None else ([], None)

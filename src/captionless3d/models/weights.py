@@ -55,6 +55,7 @@ __all__ = [
     "convert_state_dict",
     "checkpoint_in_channels",
     "load_pretrained",
+    "strip_wrappers",
 ]
 
 LAYOUTS = ("auto", "ulip", "openpoints", "encoder", "captionless3d")
@@ -138,11 +139,16 @@ def _is_tensor_dict(obj: Mapping) -> bool:
     return bool(values) and sum(isinstance(v, Tensor) for v in values) >= max(1, len(values) // 2)
 
 
-def _strip(key: str) -> str:
+def strip_wrappers(key: str) -> str:
+    """A ``state_dict`` key without the prefixes of its training wrappers: DDP / DataParallel's ``module.`` (repeated)
+    and ``torch.compile``'s ``_orig_mod.``."""
     key = key.replace("_orig_mod.", "")
     while key.startswith("module."):
         key = key[len("module."):]
     return key
+
+
+_strip = strip_wrappers
 
 
 # ------------------------------------------------------------------------------------------------ layouts
