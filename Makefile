@@ -25,11 +25,12 @@ bench:  ## every benchmark, numbers only (make bench BENCH_ARGS=--quick for smal
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 REPRO_ARGS ?=
-reproduce:  ## baseline, I2I, (I2L)^2, AVG x 5 paired seeds + the paired comparison, one multirun (about 85 min on 2 CPU cores, warm caches); REPRO_ARGS="--write-doc docs/x.md"
-	$(PY) scripts/reproduce_table.py --preset full $(REPRO_ARGS)
+REPRO_OUT ?= outputs/reproduce
+reproduce:  ## baseline, I2I, (I2L)^2, AVG x 5 paired seeds + the paired comparison (about 85 min on 2 CPU cores, warm caches); resumes in $(REPRO_OUT)/full; REPRO_ARGS="--write-doc docs/x.md"
+	$(PY) scripts/reproduce_table.py --preset full --out $(REPRO_OUT)/full $(REPRO_ARGS)
 
-reproduce-quick:  ## baseline vs AVG, one seed (about 9 min with warm caches)
-	$(PY) scripts/reproduce_table.py --preset quick $(REPRO_ARGS)
+reproduce-quick:  ## baseline vs AVG, one seed (about 9 min with warm caches); resumes in $(REPRO_OUT)/quick
+	$(PY) scripts/reproduce_table.py --preset quick --out $(REPRO_OUT)/quick $(REPRO_ARGS)
 
 DEMO_ARGS ?=
 demo:  ## local demo page on http://127.0.0.1:8765 for the newest best.ckpt (make demo DEMO_ARGS="--ckpt C --port 8000")

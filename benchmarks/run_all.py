@@ -298,7 +298,7 @@ def section_world(quick: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------------ section 5
 def section_features(quick: bool) -> None:
-    from captionless3d.data.datamodule import PointViewDataset
+    from captionless3d.training.datamodule import PointViewDataset
     from captionless3d.teacher.openclip import create_teacher
     from captionless3d.teacher.synthetic import MODEL_NAME, SYNTHETIC_CLIP_TINY
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from captionless3d.data.prepare import _none_or_int, make_parser, run
+from captionless3d.prepare_data import none_or_int, make_parser, run
 from captionless3d.data.readers import read_modelnet40
 
 
@@ -19,7 +19,7 @@ def build_parser():
     g = parser.add_argument_group("reader (= eval.modelnet40.collection.* of configs/eval/modelnet40.yaml)")
     g.add_argument("--format", default="auto", help="auto | dat | h5")
     g.add_argument("--split", default="test", help="test | train")
-    g.add_argument("--n-points", type=_none_or_int, default=None, help="points kept (default: all stored)")
+    g.add_argument("--n-points", type=none_or_int, default=None, help="points kept (default: all stored)")
     return parser
 
 

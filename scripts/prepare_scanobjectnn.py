@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from captionless3d.data.prepare import _none_or_int, make_parser, run
+from captionless3d.prepare_data import none_or_int, make_parser, run
 from captionless3d.data.readers import read_scanobjectnn
 
 
@@ -19,7 +19,7 @@ def build_parser():
     g = parser.add_argument_group("reader (= eval.scanobjectnn.collection.* of configs/eval/scanobjectnn.yaml)")
     g.add_argument("--variant", default="OBJ_ONLY", help="OBJ_ONLY | OBJ_BG | PB_T50_RS | PB_T50_R ...")
     g.add_argument("--parts", default="test", help="comma-separated: training,test")
-    g.add_argument("--n-points", type=_none_or_int, default=None, help="points kept (default: all 2048)")
+    g.add_argument("--n-points", type=none_or_int, default=None, help="points kept (default: all 2048)")
     return parser
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from captionless3d.data.prepare import make_parser, run
+from captionless3d.prepare_data import make_parser, run
 from captionless3d.data.readers import read_ulip_shapenet
 
 

@@ -33,8 +33,6 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # compare.py
-
 REPO = Path(__file__).resolve().parents[1]
 
 #: (metric key, group, header) of the study table; ``monitor/...`` keys come from the last validation pass.
@@ -128,8 +126,7 @@ def run_metrics(summary: dict[str, Any], benchmark: str) -> dict[str, float]:
 
 
 def study_table(spec: dict[str, Any], out: Path, benchmark: str = "heldout"):
-    from compare import find_summaries
-
+    from captionless3d.evaluation.compare import find_summaries
     from captionless3d.evaluation.oracle import ORACLE_NAME
     from captionless3d.evaluation.report import mean_std_table
 

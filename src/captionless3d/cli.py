@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from captionless3d.errors import Captionless3DError
+from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
 
 #: Subcommands handed to the Hydra entry points with the remaining arguments untouched.
 PASSTHROUGH = {
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help=".ply/.obj/.off/.stl meshes or clouds, .npy/.npz arrays")
     p.add_argument("--labels", nargs="+", required=True, help="class names")
     p.add_argument("--top", type=int, default=5, help="how many labels to show per file (default 5)")
-    p.add_argument("--template", default="a point cloud model of a {}", help="prompt template with {} for the label")
+    p.add_argument("--template", default=DEFAULT_PROMPT_TEMPLATE, help="prompt template with {} for the label")
     common(p)
     p.set_defaults(func=cmd_classify)
 

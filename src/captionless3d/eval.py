@@ -17,50 +17,27 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from captionless3d.errors import Captionless3DError, CheckpointError, ConfigError
-from captionless3d.evaluation.callbacks import load_encoder_weights, run_benchmarks
+from captionless3d.evaluation.callbacks import run_benchmarks
+from captionless3d.evaluation.console import compact_table
 from captionless3d.evaluation.oracle import evaluate_oracles
+from captionless3d.evaluation.report import ResultsTable
+from captionless3d.evaluation.result import BenchmarkResult
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate
 from captionless3d.pipeline import Prepared, prepare
-from captionless3d.training.module import CHECKPOINT_FORMAT_VERSION
+from captionless3d.training.checkpoint_io import best_checkpoints, load_checkpoint, load_encoder_weights
 from captionless3d.utils.atomic import atomic_write_bytes
 
 log = logging.getLogger("captionless3d.eval")
 
 
-def _best_checkpoints(output_dir: Path) -> list[Path]:
-    """Every ``checkpoints/best*.ckpt`` under ``<output_dir>/train``, oldest first."""
-    return sorted((output_dir / "train").glob("**/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)
-
-
 def find_latest_checkpoint(output_dir: Path) -> Path:
-    candidates = _best_checkpoints(output_dir)
+    candidates = best_checkpoints(output_dir)
     if not candidates:
         raise CheckpointError(f"ckpt=latest: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
     return candidates[-1]
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint with ``weights_only=True`` and validate its captionless3d metadata."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated/corrupt file or a non-checkpoint pickle
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    meta = checkpoint.get("captionless3d") if isinstance(checkpoint, dict) else None
-    if not isinstance(meta, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path}: not a captionless3d training checkpoint (no 'captionless3d' metadata)")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {version!r} is newer than this code reads "
-            f"({CHECKPOINT_FORMAT_VERSION}); upgrade captionless3d"
-        )
-    return checkpoint
 
 
 def comparable_signature(meta: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +57,7 @@ def comparable_signature(meta: dict[str, Any]) -> dict[str, Any]:
 def newest_per_experiment(output_dir: Path) -> list[Path]:
     """``ckpt=all``: the newest best checkpoint of each experiment among those comparable with the newest checkpoint
     overall (same teacher, data, epochs, points, batch size and seed); the others are logged and left out."""
-    candidates = _best_checkpoints(output_dir)
+    candidates = best_checkpoints(output_dir)
     if not candidates:
         raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
     reference: dict[str, Any] | None = None
@@ -112,9 +89,14 @@ def select_checkpoints(spec: Any, output_dir: Path) -> list[Path]:
 @dataclass
 class ModelResult:
     name: str
-    metrics: dict[str, dict[str, Any]]  # benchmark -> metric key -> value (percent)
+    results: dict[str, BenchmarkResult]  # benchmark -> what run_benchmarks returned
     params_m: float
     notes: str
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{benchmark: {metric key: percent}}``."""
+        return {bench: result.metrics for bench, result in self.results.items()}
 
 
 def _current_benchmarks(names: Sequence[str]) -> DictConfig:
@@ -174,7 +156,7 @@ def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str],
     if oracles is not None:
         for bench, values in own.items():
             oracles.setdefault(bench, values)
-    metrics = run_benchmarks(
+    results = run_benchmarks(
         encoder, prepared.benchmarks, model_name=name, output_dir=Path(cfg.paths.run_dir) / "models" / name,
         checkpoint=str(path), oracles=own,
     )
@@ -182,44 +164,47 @@ def evaluate_checkpoint(cfg: DictConfig, path: Path, taken: Sequence[str],
     budget = comparable_signature(meta)
     notes = (f"checkpoint {path}; {budget['max_epochs']} epochs, {budget['n_points']} points, batch "
              f"{budget['batch_size']}, seed {budget['seed']}")
-    return ModelResult(name, metrics, params_m, notes), prepared
+    return ModelResult(name, results, params_m, notes), prepared
 
 
 def evaluate_baseline(cfg: DictConfig, name: str, prepared: Prepared,
                       oracles: dict[str, dict[str, Any]] | None = None) -> ModelResult:
     """A training-free baseline (``configs/baseline/<name>.yaml``) built around the reference checkpoint's teacher."""
     encoder = instantiate(cfg.baseline[name], key=f"baseline.{name}", teacher=prepared.teacher)
-    metrics = run_benchmarks(encoder, prepared.benchmarks, model_name=name,
+    results = run_benchmarks(encoder, prepared.benchmarks, model_name=name,
                              output_dir=Path(cfg.paths.run_dir) / "models" / name, oracles=oracles)
     params_m = sum(p.numel() for p in encoder.parameters() if p.requires_grad) / 1e6
-    return ModelResult(name, metrics, params_m, f"training-free, teacher {prepared.teacher.id}")
+    return ModelResult(name, results, params_m, f"training-free, teacher {prepared.teacher.id}")
 
 
 def write_combined_tables(results: Sequence[ModelResult], output_dir: Path,
-                          oracles: dict[str, dict[str, Any]] | None = None) -> str:
+                          oracles: dict[str, dict[str, Any]] | None = None) -> dict[str, ResultsTable]:
     """One table per benchmark with a row per model (and the ``teacher-oracle`` reference row where the benchmark
-    has renders); returns (and writes) the Markdown of all of them."""
+    has renders), written to ``<output_dir>/results/<benchmark>/`` and ``<output_dir>/results.md``; returns
+    ``{benchmark: table}``.
+    The chance row is the first model's (every model is evaluated on the same split)."""
     from captionless3d.evaluation.callbacks import ORACLE_NOTE
     from captionless3d.evaluation.oracle import ORACLE_NAME
-    from captionless3d.evaluation.report import ResultsTable
     from captionless3d.evaluation.runner import PROTOCOL
 
-    benchmarks = list(dict.fromkeys(b for r in results for b in r.metrics))
-    sections = []
+    benchmarks = list(dict.fromkeys(b for r in results for b in r.results))
+    tables: dict[str, ResultsTable] = {}
     for bench in benchmarks:
         oracle = (oracles or {}).get(bench)
-        table = ResultsTable(protocol=PROTOCOL + (f" {ORACLE_NOTE}" if oracle else ""), title=f"{bench}: all models")
+        chance = next(r.results[bench].chance for r in results if bench in r.results)
+        table = ResultsTable(protocol=PROTOCOL + (f" {ORACLE_NOTE}" if oracle else ""), title=f"{bench}: all models",
+                             chance=chance)
         for result in results:
-            if bench in result.metrics:
-                table.add(result.name, result.metrics[bench], params_m=result.params_m, notes=result.notes)
+            if bench in result.results:
+                table.add(result.name, result.results[bench].metrics, params_m=result.params_m, notes=result.notes)
         if oracle:
             table.add(ORACLE_NAME, oracle, notes="the teacher's own mean render embedding of each shape",
                       reference=True)
         table.save(output_dir / "results" / bench)
-        sections.append(table.to_markdown())
-    text = "\n\n".join(sections)
+        tables[bench] = table
+    text = "\n\n".join(t.to_markdown() for t in tables.values())
     atomic_write_bytes(output_dir / "results.md", text.encode("utf-8"))
-    return text
+    return tables
 
 
 def run_eval(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
@@ -239,9 +224,11 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
         reference = reference or prepared
     for name in baselines:
         results.append(evaluate_baseline(cfg, name, reference, evaluate_oracles(reference.benchmarks)))
-    combined = write_combined_tables(results, Path(cfg.paths.run_dir), oracles)
+    run_dir = Path(cfg.paths.run_dir)
+    tables = write_combined_tables(results, run_dir, oracles)
     if len(results) > 1:  # a single model's table was already printed by run_benchmarks
-        print(combined, flush=True)
+        for bench, table in tables.items():
+            print(compact_table(table, run_dir / "results" / bench / "results.md"), flush=True)
     return {r.name: r.metrics for r in results}
 
 

@@ -260,9 +260,9 @@ def _example(n_points: int, batch: int = 2, seed: int = 0) -> Tensor:
 @torch.no_grad()
 def reference_embeddings(model: nn.Module, points: Tensor) -> Tensor:
     """What the PyTorch model gives for raw clouds ``(B, N, 3)``: normalise, encode, L2-normalise (``(B, D)``)."""
-    from captionless3d.data.pointcloud import normalize_unit_sphere
+    from captionless3d.data.pointcloud import normalise_unit_sphere
 
-    emb = model.eval()(normalize_unit_sphere(points.float()))
+    emb = model.eval()(normalise_unit_sphere(points.float()))
     return emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -396,7 +396,8 @@ def _results_summary(run_dir: Path | None) -> str:
             if not isinstance(metrics, dict):
                 continue
             keys = [k for k in metrics if k.startswith(("zeroshot/top", "retrieval/")) and isinstance(metrics[k], (int, float))]
-            rows = "\n".join(f"| {k} | {float(metrics[k]):.2f} |" for k in sorted(keys)[:24])
+            keys.sort(key=lambda k: (not k.startswith("zeroshot/"), k))  # zero-shot first, then retrieval
+            rows = "\n".join(f"| {k} | {float(metrics[k]):.2f} |" for k in keys[:24])
             parts.append(f"\n### {bench} (summary.json, percent)\n\n| metric | value |\n| --- | --- |\n{rows}")
     for md in sorted((run_dir / "results").glob("*/results.md")) if (run_dir / "results").is_dir() else []:
         try:

@@ -6,11 +6,43 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import OmegaConf
 
 from captionless3d.errors import Captionless3DError, CheckpointError, ConfigError
 
-# configs/ sits at the repository root (design card); the package is installed in editable mode from there.
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# configs/ sits at the repository root (design card). A wheel carries it as captionless3d/configs (setup.py); a
+# source checkout or an editable install reads it at the root.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+_CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def find_config_dir() -> Path:
+    """The configs the package runs with: inside the installed package (wheel), else the checkout's ``configs/``.
+    :class:`ConfigError` when neither exists (a broken install)."""
+    for candidate in (_PACKAGED_CONFIGS, _CHECKOUT_CONFIGS):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(f"no configs found: neither {_PACKAGED_CONFIGS} (installed package) nor {_CHECKOUT_CONFIGS} "
+                      "(source checkout) holds train.yaml; reinstall captionless3d")
+
+
+CONFIG_DIR = str(find_config_dir())
+
+
+def _constant(name: str) -> Any:
+    """``${captionless3d:<name>}`` in a config: a method constant whose one definition lives in the code."""
+    if name == "prompt_template":
+        from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
+
+        return DEFAULT_PROMPT_TEMPLATE
+    if name == "delta":
+        from captionless3d.mining.priors import DEFAULT_DELTA
+
+        return DEFAULT_DELTA
+    raise ConfigError(f"${{captionless3d:{name}}}: unknown constant; known: prompt_template, delta")
+
+
+OmegaConf.register_new_resolver("captionless3d", _constant, replace=True)
 
 
 def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:

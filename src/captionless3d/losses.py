@@ -1,4 +1,4 @@
-"""The paper's contrastive loss with a prior-weighted denominator (paper-method.md §5-§6).
+"""The paper's contrastive loss with a prior-weighted denominator (docs/method.md, Loss).
 
 For a batch of N (image, shape) pairs with L2-normalised embeddings ``z^I``, ``z^P``:
 
@@ -10,7 +10,7 @@ which a trainer can do on ``loss.scale`` if wanted).
 
 Weights from pairwise priors ``l`` (a :class:`~captionless3d.mining.PriorStore` or anything with
 ``pairs(rows, cols) -> (R, C)``), see :func:`normalise_prior_weights`:
-``m_i = (1/N)·Σ_{j≠i} l_ij``, ``w_ij = l_ij / m_i`` (j ≠ i), ``w_ii = 1``. Several priors (AVG, §5): the
+``m_i = (1/N)·Σ_{j≠i} l_ij``, ``w_ij = l_ij / m_i`` (j ≠ i), ``w_ii = 1``. Several priors (AVG): the
 row-normalised weight matrices are averaged entrywise. No priors: all ``w = 1``, i.e. plain symmetric InfoNCE.
 
 ``ℓ_{I→P} = −(1/N) Σ_i [ s_ii − log( Σ_j w_ij·exp(s_ij) + eps ) ]``
@@ -60,7 +60,7 @@ class PairwisePrior(Protocol):
 
 
 def normalise_prior_weights(l: torch.Tensor, positive_cols: torch.Tensor) -> torch.Tensor:
-    """Row-normalise priors into denominator weights (§6): ``(R, C), (R,) -> (R, C)`` float32.
+    """Row-normalise priors into denominator weights (docs/method.md, Loss): ``(R, C), (R,) -> (R, C)`` float32.
 
     ``positive_cols[r]`` is the column of row r's positive pair. ``m_r = (1/C)·Σ_{c ≠ pos_r} l_rc`` (the mean over
     all C columns with the positive zeroed, as in the code), ``w_rc = l_rc / m_r`` for c ≠ pos_r and

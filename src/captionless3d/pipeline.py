@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from captionless3d.hydra_utils import instantiate
-from captionless3d.errors import CacheError, ConfigError, DataError
+from captionless3d.errors import ConfigError, DataError
 from captionless3d.utils.manifest import stable_hash
 
 log = logging.getLogger(__name__)
@@ -113,56 +112,12 @@ def build_features(cfg: DictConfig, collection: Any, teacher: Any) -> Any:
 
 
 def build_priors(cfg: DictConfig, collection: Any, features: Any) -> list[Any]:
-    from captionless3d.mining.store import PriorStore, resolve_options
+    """The run's prior stores (dense, sparse or none; guarded when ``mining.guard`` is set): reused from the cache or
+    built by :func:`captionless3d.mining.build.ensure_prior_stores`."""
+    from captionless3d.mining.build import ensure_prior_stores
 
-    kinds = list(cfg.mining.kinds)
-    unknown = sorted(set(kinds) - {"i2i", "i2l2"})  # AVG = both
-    if unknown:
-        raise ConfigError(f"mining.kinds has unknown entries {unknown}; known: i2i, i2l2 (AVG = [i2i, i2l2])")
-    raw_options = cfg.mining.get("options")
-    options = OmegaConf.to_container(raw_options, resolve=True) if raw_options is not None else {}
-    delta = float(cfg.mining.delta)
-    stores = []
-    scope = cfg.mining.get("scope", "category")
-    if scope not in ("category", "global"):
-        raise ConfigError(f"mining.scope must be 'category' (paper: dense per-category) or 'global' (sparse top-k), got {scope!r}")
-    for kind in kinds:
-        inputs = {"features": stable_hash(features.key), "data": collection.fingerprint, "member_split": "train"}
-        if scope == "global":
-            from captionless3d.mining.sparse import ensure_sparse_prior
-
-            stores.append(
-                ensure_sparse_prior(
-                    Path(cfg.paths.cache_dir) / "priors_global", kind, features.view_emb, collection.splits == "train",
-                    key=inputs, k=int(cfg.mining.k), landmark_emb=features.landmark_emb, fallback=delta,
-                    block_size=int(cfg.mining.get("block_size", 4096)), device=cfg.mining.get("device", "cpu"), **options,
-                )
-            )
-            continue
-        kind_options = resolve_options(kind, **options)
-        expected = PriorStore.manifest_key(kind, delta, kind_options, inputs)
-        directory = Path(cfg.paths.cache_dir) / "priors" / f"{kind}-{stable_hash(expected)}"
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory) + ".lock"):  # concurrent runs sharing the cache build it once
-            try:
-                store = PriorStore.load(directory, expected_key=expected)
-                log.info("reusing prior store %s", directory)
-            except CacheError as exc:
-                if (directory / "manifest.json").exists():
-                    log.warning("rebuilding prior store: %s", exc)
-                store = PriorStore.build(
-                    kind,
-                    features.view_emb,
-                    collection.labels,
-                    collection.splits == "train",
-                    landmark_emb=features.landmark_emb,
-                    landmark_labels=features.landmark_labels,
-                    delta=delta,
-                    **kind_options,
-                )
-                store.save(directory, key=inputs)
-        stores.append(store)
-    return stores
+    mining = OmegaConf.to_container(cfg.mining, resolve=True)
+    return ensure_prior_stores(mining, features=features, collection=collection, cache_dir=cfg.paths.cache_dir)
 
 
 def build_benchmarks(cfg: DictConfig, collection: Any, teacher: Any, features: Any) -> dict[str, Benchmark]:

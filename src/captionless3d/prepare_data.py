@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from captionless3d.errors import Captionless3DError, CacheError
+from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
 
 log = logging.getLogger("captionless3d.prepare")
 
-DEFAULT_PROMPT_TEMPLATE = "a point cloud model of a {}"  # configs/train.yaml prompt_template
 EXIT_OK, EXIT_ERROR = 0, 2
 
 
@@ -43,11 +43,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CAPTIONLESS3D_CACHE", ".cache"))
 
 
-def _none_or_str(value: str) -> str | None:
+def none_or_str(value: str) -> str | None:
+    """argparse type: ``none``/``null``/empty -> ``None``, anything else as is."""
     return None if value.lower() in ("none", "null", "") else value
 
 
-def _none_or_int(value: str) -> int | None:
+def none_or_int(value: str) -> int | None:
+    """argparse type: ``none``/``null``/``all``/empty -> ``None``, else an ``int``."""
     return None if value.lower() in ("none", "null", "all", "") else int(value)
 
 
@@ -60,7 +62,7 @@ def make_parser(description: str, default_root: str) -> argparse.ArgumentParser:
                         help="cache dir (= paths.cache_dir of the training run); the store goes to <cache>/features/")
     teacher = parser.add_argument_group("teacher (must match the teacher=... config of the later run)")
     teacher.add_argument("--teacher-name", default="ViT-B-32", help="OpenCLIP architecture (or custom config name)")
-    teacher.add_argument("--pretrained", type=_none_or_str, default="laion2b_s34b_b79k",
+    teacher.add_argument("--pretrained", type=none_or_str, default="laion2b_s34b_b79k",
                          help="OpenCLIP pretrained tag; 'none' = random init (smoke runs)")
     teacher.add_argument("--checkpoint", type=Path, default=None, help="local checkpoint file (replaces --pretrained)")
     teacher.add_argument("--model-config", type=Path, default=None, help="JSON OpenCLIP config for a custom architecture")

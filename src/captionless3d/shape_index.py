@@ -55,7 +55,7 @@ def splat_thumbnails(points: np.ndarray, size: int = 64, *, azimuth: float = 35.
     """Render clouds as small images by orthographic point splatting (vectorised over the whole batch).
 
     Args:
-        points: ``(B, P, 3)`` clouds in the unit sphere (y up), e.g. after ``normalize_unit_sphere``.
+        points: ``(B, P, 3)`` clouds in the unit sphere (y up), e.g. after ``normalise_unit_sphere``.
         size: image side in pixels.
         azimuth, elevation: camera angles in degrees (rotation about y, then about x).
         splat: side of the square each point covers, in pixels (default ``max(1, size // 48)``).

@@ -15,17 +15,19 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from captionless3d.errors import Captionless3DError
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate, resolve_ckpt_path
-from captionless3d.mining.guard import guard_priors
 from captionless3d.pipeline import prepare
 from captionless3d.training.module import CaptionlessModule
 from captionless3d.utils.atomic import atomic_write_json
+from captionless3d.utils.threads import set_torch_threads
 
 log = logging.getLogger("captionless3d.train")
+
+#: summary.json entries left out of the one-line "run summary" log record (they are in the file)
+_BULKY = ("metrics", "chance", "test_split")
 
 
 def build_module(cfg: DictConfig, prepared: Any) -> tuple[Any, CaptionlessModule]:
@@ -36,12 +38,6 @@ def build_module(cfg: DictConfig, prepared: Any) -> tuple[Any, CaptionlessModule
     datamodule = instantiate(cfg.data.loader, key="data.loader").attach(
         prepared.collection, prepared.features.view_emb, priors=prepared.priors
     )
-    priors = prepared.priors
-    guard = cfg.mining.get("guard")
-    if guard is not None:
-        threshold = guard.threshold
-        threshold = OmegaConf.to_container(threshold) if isinstance(threshold, DictConfig) else threshold
-        priors = guard_priors(priors, threshold, float(guard.get("weight", 0.25)))
     encoder = instantiate(cfg.model, key="model", embed_dim=prepared.teacher.dim)
     loss = instantiate(cfg.loss, key="loss")
     metadata = {
@@ -54,7 +50,7 @@ def build_module(cfg: DictConfig, prepared: Any) -> tuple[Any, CaptionlessModule
     module = CaptionlessModule(
         encoder,
         loss,
-        priors,
+        prepared.priors,
         lr=cfg.optim.lr,
         min_lr=cfg.optim.min_lr,
         weight_decay=cfg.optim.weight_decay,
@@ -71,7 +67,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = Path(cfg.paths.run_dir)
     if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+        set_torch_threads(int(cfg.num_threads))
     L.seed_everything(cfg.seed, workers=True)
     prepared = prepare(cfg)
     # building cold caches consumes random numbers: reseed so the student's initial weights never depend on them
@@ -94,8 +90,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    evaluation = next((c for c in callbacks if getattr(c, "metrics", None) is not None), None)
-    metrics = evaluation.metrics if evaluation is not None else None
+    evaluation = next((c for c in callbacks if getattr(c, "results", None) is not None), None)
+    results = evaluation.results if evaluation is not None else {}
+    metrics = {name: result.metrics for name, result in results.items()} if evaluation is not None else None
     summary = {
         "experiment": cfg.experiment_name,
         "seed": int(cfg.seed),
@@ -106,13 +103,16 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         "teacher_id": prepared.teacher.id,
         "metrics": metrics,
+        # per benchmark: the chance level of every metric (same keys) and the sizes of the evaluated split
+        "chance": {name: result.chance for name, result in results.items()},
+        "test_split": {name: result.sizes for name, result in results.items()},
         "oracle": getattr(evaluation, "oracle", None),
         # per validation pass: val/ and train_fit/ zero-shot and gallery R@1 (captionless3d.evaluation.monitor)
         "validation_history": next((c.history for c in callbacks if hasattr(c, "history")), None),
     }
     if trainer.is_global_zero:
         atomic_write_json(run_dir / "summary.json", summary)
-        log.info("run summary: %s", json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+        log.info("run summary: %s", json.dumps({k: v for k, v in summary.items() if k not in _BULKY}))
     return summary
 
 

@@ -36,7 +36,7 @@ def build_checkpoint(root: Path, overrides: Sequence[str] = (), *, seed: int = 0
     """Write ``<root>/run/checkpoints/best.ckpt``; returns (path, collection, teacher)."""
     from omegaconf import OmegaConf
 
-    from captionless3d.data.pointcloud import normalize_unit_sphere
+    from captionless3d.data.pointcloud import normalise_unit_sphere
     from captionless3d.hydra_utils import instantiate
     from captionless3d.pipeline import build_collection, build_teacher
     from captionless3d.training.module import CHECKPOINT_FORMAT_VERSION
@@ -56,7 +56,7 @@ def build_checkpoint(root: Path, overrides: Sequence[str] = (), *, seed: int = 0
         encoder.train()
         with torch.no_grad():
             for start in (0, 16):
-                encoder(normalize_unit_sphere(torch.from_numpy(np.ascontiguousarray(train[start:start + 16, :n]))))
+                encoder(normalise_unit_sphere(torch.from_numpy(np.ascontiguousarray(train[start:start + 16, :n]))))
         for bn in norms:
             bn.momentum = 0.1
     metadata = {

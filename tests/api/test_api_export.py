@@ -129,7 +129,7 @@ def test_model_card_includes_the_run_results(world, tmp_path, capsys):
 @pytest.mark.parametrize("name, overrides, n", [("pointnext_b", {}, 256), ("pointnext_s", {"in_channels": 4}, 128)])
 def test_wrapper_backbone_equals_model_for_other_presets(name, overrides, n):
     """InvResMLP blocks (pointnext_b), a last stage that keeps several points, the height channel (in_channels 4)."""
-    from captionless3d.data.pointcloud import normalize_unit_sphere
+    from captionless3d.data.pointcloud import normalise_unit_sphere
     from captionless3d.models import build_point_encoder
 
     torch.manual_seed(0)
@@ -141,7 +141,7 @@ def test_wrapper_backbone_equals_model_for_other_presets(name, overrides, n):
     x = torch.randn(3, n, 3) * torch.tensor([1.0, 0.6, 1.4])
     wrapper = ExportablePointEncoder(model, n)
     with torch.no_grad():
-        p = normalize_unit_sphere(x)
+        p = normalise_unit_sphere(x)
         feats = p if model.encoder.in_channels == 3 else torch.cat([p, p[..., 1:2] - p[..., 1:2].amin(1, keepdim=True)], -1)
         ours, ref = wrapper._stages(p, feats), model.encoder(p)
         assert (ref - ref.mean(0)).abs().max() > 1e-3  # the clouds give different features

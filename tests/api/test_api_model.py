@@ -7,17 +7,18 @@ import torch
 
 import captionless3d
 from captionless3d.api import Captionless3DModel
-from captionless3d.api.inputs import read_shape_file, subset_indices
-from captionless3d.data.pointcloud import normalize_unit_sphere
+from captionless3d.api.inputs import read_shape_file
+from captionless3d.data.pointcloud import normalise_unit_sphere, subset_indices
 from captionless3d.errors import CacheError, CheckpointError, ConfigError, DataError
 
 from api_world import rewrite_checkpoint
 
 
 def _reference(model, clouds: np.ndarray) -> np.ndarray:
-    """Evaluation's path by hand: seeded subset (the API's), unit-sphere normalisation, encoder, L2."""
-    idx = subset_indices(clouds.shape[1], model.n_points, 0)
-    x = normalize_unit_sphere(torch.from_numpy(np.ascontiguousarray(clouds[:, idx], dtype=np.float32)))
+    """Evaluation's path by hand: seeded subset (evaluation's function, one draw for the batch), unit-sphere
+    normalisation, encoder, L2."""
+    idx = subset_indices(clouds.shape[1], model.n_points, torch.Generator().manual_seed(0), pad=True)[0].numpy()
+    x = normalise_unit_sphere(torch.from_numpy(np.ascontiguousarray(clouds[:, idx], dtype=np.float32)))
     with torch.no_grad():
         emb = model.encoder(x)
     return (emb / emb.norm(dim=1, keepdim=True)).numpy()
@@ -52,7 +53,7 @@ def test_small_clouds_are_padded_to_n_points(model, world):
     cloud = np.asarray(world.collection.points[0])[:50]
     emb = model.encode_points(cloud)
     assert emb.shape == (1, model.teacher_dim) and np.isfinite(emb).all()
-    idx = subset_indices(50, model.n_points, 0)
+    idx = subset_indices(50, model.n_points, torch.Generator().manual_seed(0), pad=True)[0]
     assert len(idx) == model.n_points and set(idx.tolist()) == set(range(50))
 
 
@@ -193,10 +194,10 @@ def test_teacher_with_another_id_fails_clearly(tmp_path, world):
 def test_moved_cache_is_rerooted(tmp_path, world):
     import shutil
 
-    from captionless3d.api.model import _reroot
+    from captionless3d.utils.config import reroot
 
     cfg = {"paths": {"cache_dir": "/old/cache"}, "a": ["/old/cache/worlds", "/old/cachex", 3], "b": {"c": "/old/cache"}}
-    assert _reroot(cfg, "/old/cache", "/new") == {"paths": {"cache_dir": "/new"}, "a": ["/new/worlds", "/old/cachex", 3],
+    assert reroot(cfg, "/old/cache", "/new") == {"paths": {"cache_dir": "/new"}, "a": ["/new/worlds", "/old/cachex", 3],
                                                   "b": {"c": "/new"}}
     moved = tmp_path / "moved"
     shutil.copytree(world.root / "cache" / "teachers", moved / "teachers")

@@ -193,15 +193,14 @@ def test_runs_through_evaluate_encoder_on_tiny_world(tiny_world, tiny_features, 
     from captionless3d.evaluation.runner import evaluate_encoder
 
     enc = PointCLIPEncoder(micro_teacher)
-    metrics = evaluate_encoder(enc, tiny_world, tiny_features, n_points=128, batch_size=4)
-    scores = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    scores = evaluate_encoder(enc, tiny_world, tiny_features, n_points=128, batch_size=4).metrics
     assert {"zeroshot/top1", "zeroshot/top5", "retrieval/nobg/paper/i2s_top1", "retrieval/bg/gallery/i2s_r1"} <= set(scores)
     assert all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in scores.values())
     # PointCLIP's own prompt template through a feature-store view (every other array is the store's)
     feats = with_prompt_template(tiny_features, micro_teacher, tiny_world.categories)
     assert feats.prompt_emb.shape == (3, micro_teacher.dim) and feats.photo_emb is tiny_features.photo_emb
     assert feats.prompt_template == POINTCLIP_TEMPLATE
-    zs = evaluate_encoder(enc, tiny_world, feats, n_points=128, protocols=("zeroshot",))
+    zs = evaluate_encoder(enc, tiny_world, feats, n_points=128, protocols=("zeroshot",)).metrics
     assert math.isfinite(zs["zeroshot/top1"])
     with pytest.raises(ConfigError, match="placeholder"):
         with_prompt_template(tiny_features, micro_teacher, tiny_world.categories, "a depth map")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from captionless3d.data.datamodule import PointViewDataset
+from captionless3d.training.datamodule import PointViewDataset
 from captionless3d.data.pointcloud import (
     check_points,
-    normalize_unit_sphere,
+    normalise_unit_sphere,
     random_rotate,
     random_subset,
     rotation_matrices,
@@ -15,9 +15,9 @@ from captionless3d.data.pointcloud import (
 from captionless3d.errors import DataError
 
 
-def test_normalize_unit_sphere():
+def test_normalise_unit_sphere():
     pts = torch.randn(4, 100, 3) * 5 + 3
-    out = normalize_unit_sphere(pts)
+    out = normalise_unit_sphere(pts)
     assert torch.allclose(out.mean(1), torch.zeros(4, 3), atol=1e-5)
     assert torch.allclose(out.norm(dim=-1).amax(1), torch.ones(4), atol=1e-5)
 

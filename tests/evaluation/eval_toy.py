@@ -72,7 +72,7 @@ def tiny_encoder(embed_dim: int = 16, seed: int = 0) -> torch.nn.Module:
 def calibrate_batchnorm(encoder: torch.nn.Module, points: np.ndarray, n_points: int, seed: int = 0) -> torch.nn.Module:
     """Give a randomly initialised encoder the BatchNorm statistics a trained one has (cumulative averages over
     ``points``), so eval-mode features are not collapsed. Weights are unchanged."""
-    from captionless3d.data.pointcloud import normalize_unit_sphere, random_subset
+    from captionless3d.data.pointcloud import normalise_unit_sphere, random_subset
 
     bns = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
@@ -80,7 +80,7 @@ def calibrate_batchnorm(encoder: torch.nn.Module, points: np.ndarray, n_points: 
         bn.momentum = None
     encoder.train()
     g = torch.Generator().manual_seed(seed)
-    encoder(normalize_unit_sphere(random_subset(torch.from_numpy(points), n_points, g)))
+    encoder(normalise_unit_sphere(random_subset(torch.from_numpy(points), n_points, g)))
     for bn in bns:
         bn.momentum = 0.1
     return encoder.eval()

@@ -88,8 +88,7 @@ def toy():
 
 def test_retrieval_example_png_matches_hits(tmp_path, toy):
     col, feats, enc = toy
-    metrics = evaluate_encoder(enc, col, feats, n_points=64, protocols=("retrieval",), return_embeddings=True)
-    emb = metrics["_embeddings"]
+    emb = evaluate_encoder(enc, col, feats, n_points=64, protocols=("retrieval",), return_embeddings=True).embeddings
     path = write_retrieval_examples(tmp_path, col, emb, "nobg", n_queries=4, top_k=5, thumbnail_size=24)
     record = json.loads((tmp_path / "retrieval_examples_nobg.json").read_text())
     image = np.asarray(Image.open(path).convert("RGB"))
@@ -117,7 +116,8 @@ def test_run_benchmarks_writes_results_pngs_and_tensorboard(tmp_path, toy):
     runner = dict(split="test", n_points=64, batch_size=16, protocols=["zeroshot", "retrieval", "linear_probe"],
                   linear_probe={"l2_grid": [1e-3, 1e-1]}, artefacts={"retrieval_examples": 3, "thumbnail_size": 32})
     bench = SimpleNamespace(collection=col, features=feats, runner=runner)
-    metrics = run_benchmarks(enc, {"toy": bench}, model_name="tiny", output_dir=tmp_path, checkpoint="best.ckpt")
+    results = run_benchmarks(enc, {"toy": bench}, model_name="tiny", output_dir=tmp_path, checkpoint="best.ckpt")
+    metrics = {name: result.metrics for name, result in results.items()}
     assert {"linear_probe/top1", "linear_probe/class_mean_top1", "zeroshot/top1"} <= set(metrics["toy"])
     assert not any(k.startswith("_") for k in metrics["toy"])
     out = tmp_path / "results" / "toy"

@@ -69,10 +69,10 @@ def test_test_split_never_influences_selection(toy):
 
 def test_finetune_through_evaluate_encoder_and_errors(toy):
     col, enc = toy
-    metrics = evaluate_encoder(enc, col, toy_features(col), n_points=64, protocols=("finetune",),
-                               finetune={"epochs": 1, "batch_size": 16, "lr": 5e-3, "features": "hidden"})
-    assert set(k for k in metrics if not k.startswith("_")) == {"finetune/top1", "finetune/class_mean_top1"}
-    assert metrics["_selection"]["finetune"]["epoch"] == 1
+    result = evaluate_encoder(enc, col, toy_features(col), n_points=64, protocols=("finetune",),
+                              finetune={"epochs": 1, "batch_size": 16, "lr": 5e-3, "features": "hidden"})
+    assert set(result.metrics) == {"finetune/top1", "finetune/class_mean_top1"}
+    assert result.selection["finetune"]["epoch"] == 1
     with pytest.raises(ConfigError, match="finetune.features"):
         finetune_encoder(torch.nn.Linear(3, 4), col, features="hidden", **FAST)
     with pytest.raises(ConfigError, match="finetune.epochs"):

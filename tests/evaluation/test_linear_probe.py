@@ -106,14 +106,15 @@ def test_probe_on_a_frozen_encoder_and_through_evaluate_encoder():
     col = ToyCollection({"train": 64, "val": 24, "test": 24})
     enc = calibrate_batchnorm(tiny_encoder(), col.points[col.indices("train")], 96)
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    metrics = evaluate_encoder(enc, col, toy_features(col), n_points=96, protocols=("zeroshot", "linear_probe"),
-                               linear_probe={"l2_grid": [1e-3, 1e-1]})
+    result = evaluate_encoder(enc, col, toy_features(col), n_points=96, protocols=("zeroshot", "linear_probe"),
+                              linear_probe={"l2_grid": [1e-3, 1e-1]})
+    metrics = result.metrics
     assert {"linear_probe/top1", "linear_probe/class_mean_top1"} <= set(metrics)
     # chance 25 % (std ~9 % on 24 objects); even random-init frozen features separate the geometric classes
     assert metrics["linear_probe/top1"] > 45.0
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())  # frozen
-    assert metrics["_selection"]["linear_probe"]["l2"] in (1e-3, 1e-1)
-    assert metrics["_chance"]["linear_probe/top1"] == 25.0
+    assert result.selection["linear_probe"]["l2"] in (1e-3, 1e-1)
+    assert result.chance["linear_probe/top1"] == 25.0
     with pytest.raises(ConfigError, match="runner.linear_probe"):
         evaluate_encoder(enc, col, toy_features(col), protocols=("linear_probe",), linear_probe={"C": 1})
     no_val = ToyCollection({"train": 8, "test": 4})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from captionless3d.errors import ConfigError
 from captionless3d.evaluation.monitor import ValidationMetrics, split_scalars
-from captionless3d.evaluation.runner import embed_points
+from captionless3d.evaluation.embedding import embed_points
 
 from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 

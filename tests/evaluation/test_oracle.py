@@ -97,8 +97,8 @@ def test_run_benchmarks_adds_the_oracle_row_and_efficiency(tmp_path, toy):
     bench = SimpleNamespace(collection=col, features=feats, runner=dict(
         split="test", n_points=64, batch_size=16, protocols=["zeroshot", "retrieval"], artefacts={"enabled": False}))
     oracles = evaluate_oracles({"toy": bench})
-    metrics = run_benchmarks(encoder, {"toy": bench}, model_name="tiny", output_dir=tmp_path, oracles=oracles)
-    student, oracle = metrics["toy"], oracles["toy"]
+    results = run_benchmarks(encoder, {"toy": bench}, model_name="tiny", output_dir=tmp_path, oracles=oracles)
+    student, oracle = results["toy"].metrics, oracles["toy"]
     ratio = 100.0 * student["zeroshot/top1"] / oracle["zeroshot/top1"]
     assert student["efficiency/zeroshot_top1"] == pytest.approx(ratio)
     table = ResultsTable.from_json((tmp_path / "results" / "toy" / "results.json").read_text())
@@ -111,7 +111,7 @@ def test_run_benchmarks_adds_the_oracle_row_and_efficiency(tmp_path, toy):
     assert "distillation efficiency" in (tmp_path / "results" / "toy" / "results.md").read_text()
     # without oracles nothing changes
     plain = run_benchmarks(encoder, {"toy": bench}, model_name="tiny", output_dir=tmp_path / "plain")
-    assert not any(k.startswith("efficiency/") for k in plain["toy"])
+    assert not any(k.startswith("efficiency/") for k in plain["toy"].metrics)
     rows = json.loads((tmp_path / "plain" / "results" / "toy" / "results.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["tiny"]
 

@@ -20,7 +20,7 @@ from captionless3d.evaluation import (
     zeroshot_keys,
 )
 
-PAPER_AVG = {  # Ours-AVG row of the paper's retrieval table (paper-method §10.1)
+PAPER_AVG = {  # Ours-AVG row of the paper's retrieval table (its official README)
     "retrieval/nobg/paper/i2s_top1": 35.6,
     "retrieval/nobg/paper/i2s_top5": 75.1,
     "retrieval/nobg/paper/s2i_top1": 29.0,

@@ -43,7 +43,7 @@ def test_template_sets_are_reported_under_their_own_prefix():
     # the store prompts equal the teacher's class vectors, so both prompt sets must give identical predictions
     features.prompt_emb = torch.stack([teacher.vectors[c] / teacher.vectors[c].norm() for c in col.categories]).numpy()
     metrics = evaluate_encoder(tiny_encoder(), col, features, n_points=64, protocols=("zeroshot",),
-                               templates=["single", "openai_imagenet"], teacher=teacher)
+                               templates=["single", "openai_imagenet"], teacher=teacher).metrics
     n_templates = len(TEMPLATE_SETS["openai_imagenet"])
     assert len(teacher.texts) == n_templates * len(col.categories)
     for key in ("top1", "top5", "class_mean_top1"):

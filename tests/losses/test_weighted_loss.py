@@ -1,4 +1,4 @@
-"""WeightedDenominatorLoss against a slow literal per-element float64 implementation of paper §6."""
+"""WeightedDenominatorLoss against a slow literal per-element float64 implementation of the loss (docs/method.md, Loss)."""
 import math
 
 import numpy as np
@@ -44,7 +44,7 @@ def store_prior(kind):
 
 
 def literal_loss(img, pts, tau, b, index, priors, eps, mode="paper"):
-    """Per-element python loops in float64, straight from §6. img/pts (B, D), tau/b 0-d, all float64 tensors."""
+    """Per-element python loops in float64, straight from docs/method.md (Loss). img/pts (B, D), tau/b 0-d, all float64 tensors."""
     B = img.shape[0]
     zi = [img[i] / torch.sqrt(sum(img[i][k] * img[i][k] for k in range(img.shape[1]))) for i in range(B)]
     zp = [pts[i] / torch.sqrt(sum(pts[i][k] * pts[i][k] for k in range(pts.shape[1]))) for i in range(B)]

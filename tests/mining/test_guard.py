@@ -7,7 +7,7 @@ from captionless3d.errors import ConfigError, DataError
 from captionless3d.losses import WeightedDenominatorLoss, normalise_prior_weights
 from captionless3d.mining import PriorStore
 from captionless3d.mining.guard import FalseNegativeGuard, guard_priors
-from captionless3d.training.sampler import neighbours_from_prior
+from captionless3d.mining.neighbours import neighbours_from_prior
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Prior functions (paper §3-§4) against direct per-element formulas."""
+"""Prior functions (docs/method.md, Priors) against direct per-element formulas."""
 import math
 
 import numpy as np

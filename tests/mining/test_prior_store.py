@@ -1,4 +1,4 @@
-"""PriorStore against a literal double-loop reference of paper §3/§4/§6, plus persistence."""
+"""PriorStore against a literal double-loop reference of docs/method.md (Priors), plus persistence."""
 import json
 import math
 
@@ -161,24 +161,32 @@ def test_save_load_round_trip_and_stale_or_corrupt_cache(world, tmp_path):
     key = {"teacher": "toy", "features": "abc123"}
     manifest = store.save(tmp_path / "p", key)
     assert manifest["kind"] == "prior_store"
-    assert manifest["key"]["prior_kind"] == "i2l2" and manifest["key"]["delta"] == 0.25
+    assert manifest["key"]["prior_kind"] == "i2l2" and "delta" not in manifest["key"]  # δ: applied at lookup
     assert manifest["key"]["prior_options"]["metric"] == "l1"
 
-    loaded = PriorStore.load(tmp_path / "p", {**key, "prior_kind": "i2l2", "delta": 0.25})
+    loaded = PriorStore.load(tmp_path / "p", {**key, "prior_kind": "i2l2"})
     idx = torch.arange(N)
     torch.testing.assert_close(loaded.pairs(idx, idx), store.pairs(idx, idx), rtol=0, atol=0)
     assert loaded.kind == "i2l2" and loaded.options == store.options and loaded.num_objects == N
-    full = PriorStore.manifest_key("i2l2", 0.25, store.options, key, N)
+    full = PriorStore.manifest_key("i2l2", store.options, key, N)
     PriorStore.load(tmp_path / "p", full)  # the full expected key matches
+    # the same saved store serves any δ: same-category priors unchanged, every other pair reads the new δ
+    other = PriorStore.load(tmp_path / "p", full, delta=0.15)
+    same = store.pairs(idx, idx) != store.delta
+    assert other.delta == 0.15
+    torch.testing.assert_close(other.pairs(idx, idx)[same], store.pairs(idx, idx)[same], rtol=0, atol=0)
+    assert (other.pairs(idx, idx)[~same] == 0.15).all()
+    with pytest.raises(ConfigError, match="mining.delta"):
+        PriorStore.load(tmp_path / "p", full, delta=-1)
 
     with pytest.raises(CacheError, match="features"):
         PriorStore.load(tmp_path / "p", {**key, "features": "other"})
-    with pytest.raises(CacheError, match="delta"):
-        PriorStore.load(tmp_path / "p", {"delta": 0.15})
+    with pytest.raises(CacheError, match="prior_kind"):
+        PriorStore.load(tmp_path / "p", {"prior_kind": "i2i"})
     with pytest.raises(CacheError):
         PriorStore.load(tmp_path / "missing", key)
     with pytest.raises(ConfigError):
-        store.save(tmp_path / "q", {"delta": 1})  # reserved field
+        store.save(tmp_path / "q", {"num_objects": 1})  # reserved field
 
     values = tmp_path / "p" / "values.npy"
     raw = bytearray(values.read_bytes())
@@ -202,7 +210,7 @@ def test_inconsistent_layout_on_disk_is_cache_error(world, tmp_path):
     with pytest.raises(CacheError):
         PriorStore.load(tmp_path / "p", verify_checksums=False)
     m = json.loads((tmp_path / "p" / "manifest.json").read_text())
-    del m["key"]["delta"]
+    del m["key"]["num_objects"]
     (tmp_path / "p" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CacheError):
         PriorStore.load(tmp_path / "p", verify_checksums=False)

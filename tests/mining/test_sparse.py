@@ -10,7 +10,7 @@ from captionless3d.mining.sparse import SparsePriorStore, build_sparse_prior, en
 from captionless3d.mining.topk import topk_similar
 
 
-def reference(values, indices, members, n_all, kind, fallback, rows, cols, symmetric=True):
+def reference(values, indices, members, n_all, kind, delta, rows, cols, symmetric=True):
     table = {}
     for a in range(len(members)):
         for t in range(indices.shape[1]):
@@ -24,7 +24,7 @@ def reference(values, indices, members, n_all, kind, fallback, rows, cols, symme
     out = np.zeros((len(rows), len(cols)))
     for r, i in enumerate(rows):
         for c, j in enumerate(cols):
-            out[r, c] = 1.0 if i == j else table.get((int(i), int(j)), fallback)
+            out[r, c] = 1.0 if i == j else table.get((int(i), int(j)), delta)
     return out
 
 
@@ -43,7 +43,7 @@ def world():
 def test_pairs_match_reference(world, kind, metric, symmetric):
     n_all, _, members, x = world
     v, i = topk_similar(x, 4, block_size=16, metric=metric, progress=False)
-    store = SparsePriorStore.from_topk(v, i, kind=kind, members=members, num_objects=n_all, fallback=0.25, symmetric=symmetric)
+    store = SparsePriorStore.from_topk(v, i, kind=kind, members=members, num_objects=n_all, delta=0.25, symmetric=symmetric)
     rng = np.random.default_rng(1)
     rows = np.concatenate([members[:10], rng.integers(0, n_all, 10)])
     cols = np.concatenate([members[:12], rng.integers(0, n_all, 12), rows[:3]])
@@ -89,13 +89,14 @@ def test_build_sparse_prior(world):
 def test_save_load_and_mismatch(world, tmp_path):
     n_all, _, members, x = world
     v, i = topk_similar(x, 4, block_size=16, progress=False)
-    store = SparsePriorStore.from_topk(v, i, kind="i2i", members=members, num_objects=n_all, fallback=0.2, options={"aggregate": "mean_embedding"})
-    store.save(tmp_path / "p", key={"features": "abc"})
-    expected = SparsePriorStore.manifest_key("i2i", 0.2, {"aggregate": "mean_embedding"}, 4, {"features": "abc"}, n_all)
-    loaded = SparsePriorStore.load(tmp_path / "p", expected_key=expected)
+    store = SparsePriorStore.from_topk(v, i, kind="i2i", members=members, num_objects=n_all, delta=0.2, options={"aggregate": "mean_embedding"})
+    manifest = store.save(tmp_path / "p", key={"features": "abc"})
+    assert "delta" not in manifest["key"] and "fallback" not in manifest["key"]  # δ: applied at lookup
+    expected = SparsePriorStore.manifest_key("i2i", {"aggregate": "mean_embedding"}, 4, {"features": "abc"}, n_all)
+    loaded = SparsePriorStore.load(tmp_path / "p", expected_key=expected, delta=0.2)
     q = np.arange(n_all)
     assert torch.equal(loaded.pairs(q, q), store.pairs(q, q))
-    assert loaded.k == 4 and loaded.fallback == 0.2 and "pairs=" in repr(loaded)
+    assert loaded.k == 4 and loaded.delta == 0.2 and "pairs=" in repr(loaded)
     with pytest.raises(CacheError, match="features"):
         SparsePriorStore.load(tmp_path / "p", expected_key={**expected, "features": "other"})
     with pytest.raises(CacheError, match="k"):

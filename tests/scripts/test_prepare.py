@@ -66,7 +66,7 @@ def test_shapenet_builds_then_reuses_the_pipeline_store(tmp_path, teacher_args, 
     # the training pipeline names exactly this directory (same reader params as configs/data/shapenet_ulip2.yaml)
     from omegaconf import OmegaConf
 
-    from captionless3d.data.prepare import DEFAULT_PROMPT_TEMPLATE
+    from captionless3d.prepare_data import DEFAULT_PROMPT_TEMPLATE
     from captionless3d.data.readers import read_ulip_shapenet
     from captionless3d.pipeline import build_features
     from captionless3d.teacher.openclip import create_teacher

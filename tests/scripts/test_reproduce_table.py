@@ -1,4 +1,5 @@
-"""scripts/reproduce_table.py end to end: the real multirun of python -m captionless3d.train on the tiny world."""
+"""scripts/reproduce_table.py end to end: the real multirun of python -m captionless3d.train on the tiny world,
+and resuming a sweep in the same --out."""
 from __future__ import annotations
 
 import csv
@@ -126,7 +127,41 @@ def test_failing_run_names_its_run_dir_and_log(reproduced, workdir):
     proc = _run(["--preset", "quick", "--variants", "baseline", "avg", "eval.heldout.runner.protocols=[zeroshot,nope]"], root)
     assert proc.returncode == 1, proc.stderr[-3000:]
     (sweep,) = (root / "outputs" / "train" / "multiruns").iterdir()
-    assert f"run dir: {sweep / '0_baseline'}" in proc.stderr
-    assert f"log:     {sweep / '0_baseline' / 'train.log'}" in proc.stderr
+    assert f"run dir: {sweep / 'baseline_seed0'}" in proc.stderr
+    assert f"log:     {sweep / 'baseline_seed0' / 'train.log'}" in proc.stderr
     assert "unknown evaluation protocols" in proc.stderr and "not started" in proc.stderr
     assert "Traceback" not in proc.stderr and not (sweep / "results.md").exists()
+
+
+def test_rerun_with_the_same_out_reuses_finished_runs_and_trains_only_missing_ones(reproduced, workdir):
+    proc, sweep, _ = reproduced
+    root = sweep.parents[3]  # <root>/outputs/train/multiruns/<time>
+    args = ["--preset", "quick", "--variants", "baseline", "avg", "--seeds", "0", "1", "--out", str(sweep)]
+    summaries = {p: p.stat().st_mtime_ns for p in sweep.glob("*_seed*/summary.json")}
+    assert len(summaries) == 4
+    again = _run(args, root)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 of 4 runs finished before" in again.stdout and "nothing to train" in again.stdout
+    assert "run 1/" not in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*_seed*/summary.json")} == summaries  # nothing retrained
+    report = json.loads((sweep / "reproduce.json").read_text())
+    assert report["reused_runs"] == 4 and len(report["runs"]) == 4
+
+    # one run did not finish (no summary): only it trains again, in its own directory; the rest is reused
+    (sweep / "baseline_seed1" / "summary.json").unlink()
+    resumed = _run(args, root)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "3 of 4 runs finished before" in resumed.stdout and "run 1/1: experiment=baseline seed=1" in resumed.stdout
+    assert "run 2/" not in resumed.stdout
+    assert len(list(sweep.glob("baseline_seed1.incomplete-*"))) == 1  # set aside, not deleted
+    assert (sweep / "baseline_seed1" / "summary.json").is_file()
+    kept = {p: t for p, t in summaries.items() if p.parent.name != "baseline_seed1"}
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    table = json.loads((sweep / "results.json").read_text())
+    assert {r["name"]: r["n_runs"] for r in table["rows"] if not r["reference"]} == {"baseline": 2, "avg": 2}
+    report = json.loads((sweep / "reproduce.json").read_text())
+    assert report["reused_runs"] == 3 and len(report["multirun_command_lines"]) == 1
+
+    # other overrides in the same --out: refused before anything trains
+    refused = _run([*args, "data.loader.batch_size=4"], root, timeout=120)
+    assert refused.returncode == 2 and "trained with overrides" in refused.stderr and "Traceback" not in refused.stderr

@@ -174,7 +174,7 @@ def test_plan_chunks_never_straddle_shards():
 
 
 def test_consumers_accept_the_sharded_store(fake_collection, tiny_teacher, tmp_path):
-    from captionless3d.data.datamodule import PointViewDataModule
+    from captionless3d.training.datamodule import PointViewDataModule
     from captionless3d.mining.sparse import build_sparse_prior
     from captionless3d.mining.store import PriorStore
 

@@ -78,7 +78,7 @@ def test_augment_and_helpers():
 
 
 def test_torch_threads_restores_the_setting():
-    from captionless3d.teacher.base import auto_threads, torch_threads
+    from captionless3d.utils.threads import auto_threads, torch_threads
 
     before = torch.get_num_threads()
     assert 1 <= auto_threads() <= before

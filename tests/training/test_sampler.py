@@ -10,13 +10,13 @@ import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from captionless3d.data.datamodule import PointViewDataModule
+from captionless3d.training.datamodule import PointViewDataModule
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.mining import PriorStore
+from captionless3d.mining.neighbours import neighbours_from_prior
 from captionless3d.training.sampler import (
     HardGroupBatchSampler,
     check_sampler_config,
-    neighbours_from_prior,
     pair_shares,
 )
 

@@ -2,7 +2,7 @@
 texts, zero-shot classification, a persistent shape index and search). See :mod:`captionless3d.api.model`."""
 from __future__ import annotations
 
-from captionless3d.api.model import DEFAULT_TEMPLATE, Captionless3DModel, build_teacher_from_config, load
+from captionless3d.api.model import DEFAULT_PROMPT_TEMPLATE, Captionless3DModel, build_teacher_from_config, load
 from captionless3d.shape_index import Hit, ShapeIndex
 
-__all__ = ["load", "Captionless3DModel", "ShapeIndex", "Hit", "DEFAULT_TEMPLATE", "build_teacher_from_config"]
+__all__ = ["load", "Captionless3DModel", "ShapeIndex", "Hit", "DEFAULT_PROMPT_TEMPLATE", "build_teacher_from_config"]

@@ -2,11 +2,12 @@
 
 Shapes (``.ply``, ``.obj``, ``.off``, ``.stl`` through trimesh; ``.npy`` / ``.npz`` through numpy without pickles):
 meshes are surface-sampled (area-weighted, seeded), point clouds are read as they are. Clouds are then brought to the
-encoder's point count exactly as evaluation does (:func:`captionless3d.evaluation.runner.embed_points`): a seeded
-random subset of ``n_points`` without replacement, then centred on the centroid and scaled so that the farthest point
-has norm 1 (:func:`captionless3d.data.pointcloud.normalize_unit_sphere`, the training normalisation). A cloud with fewer
-than ``n_points`` points keeps all of them and is padded with seeded random repeats, so every set abstraction stage
-sees the point counts of training.
+encoder's point count with evaluation's own functions (:func:`captionless3d.evaluation.embedding.embed_points` uses
+the same two): a seeded random subset of ``n_points`` without replacement
+(:func:`captionless3d.data.pointcloud.subset_indices`), then centred on the centroid and scaled so that the farthest
+point has norm 1 (:func:`captionless3d.data.pointcloud.normalise_unit_sphere`, the training normalisation). A cloud
+with fewer than ``n_points`` points keeps all of them and is padded with seeded random repeats, so every set
+abstraction stage sees the point counts of training.
 
 Every problem raises :class:`~captionless3d.errors.DataError` naming the file (or ``points[i]`` for arrays) and what
 is wrong with it.
@@ -20,7 +21,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from captionless3d.data.pointcloud import normalize_unit_sphere
+from captionless3d.data.pointcloud import normalise_unit_sphere, subset_indices
 from captionless3d.errors import DataError
 
 #: File types read as shapes (meshes are sampled, point clouds read as is).
@@ -143,28 +144,19 @@ def check_finite(points: np.ndarray, sources: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- preprocessing
-def subset_indices(available: int, n_points: int, seed: int = 0) -> np.ndarray:
-    """Indices ``(n_points,)`` into a cloud of ``available`` points: a seeded random subset without replacement
-    (sorted), or, for a smaller cloud, every point plus seeded random repeats. Depends only on (available, n, seed),
-    so a batch of equal-size clouds shares one gather."""
-    rng = np.random.default_rng(seed)
-    if available >= n_points:
-        if available == n_points:
-            return np.arange(n_points)
-        return np.sort(rng.choice(available, n_points, replace=False))
-    extra = rng.integers(0, available, n_points - available)
-    return np.concatenate([np.arange(available), extra])
-
-
 def fit_points(points: np.ndarray, n_points: int, seed: int = 0) -> np.ndarray:
-    """``(B, P, 3)`` -> ``(B, n_points, 3)`` float32 (one vectorised gather; see :func:`subset_indices`)."""
-    idx = subset_indices(points.shape[1], n_points, seed)
+    """``(B, P, 3)`` -> ``(B, n_points, 3)`` float32 with evaluation's subsampling
+    (:func:`captionless3d.data.pointcloud.subset_indices`), drawn once from a generator seeded with ``seed`` and
+    applied to every cloud of the batch: a cloud's subset depends only on (P, n_points, seed), never on the clouds
+    batched with it. A cloud with fewer points keeps all of them plus seeded random repeats."""
+    generator = torch.Generator().manual_seed(int(seed))
+    idx = subset_indices(points.shape[1], n_points, generator, pad=True)[0].numpy()
     return np.ascontiguousarray(points[:, idx], dtype=np.float32)
 
 
 def normalise_points(points: np.ndarray) -> torch.Tensor:
     """``(B, N, 3)`` -> float32 tensor centred and scaled into the unit sphere (training normalisation)."""
-    return normalize_unit_sphere(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)))
+    return normalise_unit_sphere(torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)))
 
 
 def _is_path(x: Any) -> bool:
@@ -200,14 +192,14 @@ def gather_points(inputs: PointsInput, *, n_points: int, seed: int = 0) -> tuple
 def _pil_to_uint8(img: Any, size: int, source: str) -> np.ndarray:
     from PIL import Image
 
-    from captionless3d.data.readers.base import _resize_crop
+    from captionless3d.data.readers.base import resize_crop
 
     try:
         if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # composite on white, as renders are
             rgba = img.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(canvas, rgba)
-        return np.asarray(_resize_crop(img.convert("RGB"), size, Image.BICUBIC), dtype=np.uint8)
+        return np.asarray(resize_crop(img.convert("RGB"), size, Image.BICUBIC), dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise DataError(f"{source}: cannot decode image ({exc})") from exc
 
@@ -270,7 +262,6 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "read_shape_file",
     "check_finite",
-    "subset_indices",
     "fit_points",
     "normalise_points",
     "gather_points",

@@ -8,7 +8,7 @@
 >>> model.search(text="a red office chair", k=5, index="my_index")  # [Hit(path, score), ...]
 
 The point encoder comes from the checkpoint (loaded with ``weights_only=True`` and its format version checked by
-:func:`captionless3d.eval.load_checkpoint`); the teacher, needed only for images and texts, is rebuilt lazily from the
+:func:`captionless3d.training.checkpoint_io.load_checkpoint`); the teacher, needed only for images and texts, is rebuilt lazily from the
 checkpoint's own training config through :func:`captionless3d.pipeline.build_teacher` (a synthetic teacher that is
 already cached is found by its weights hash without rebuilding the world) and must have the checkpoint's teacher id.
 Points are preprocessed as in evaluation: ``n_points`` = the training config's ``data.loader.n_points``, a seeded
@@ -41,25 +41,15 @@ from captionless3d.api.inputs import (
 )
 from captionless3d.errors import CacheError, CheckpointError, ConfigError, DataError, NumericalError
 from captionless3d.shape_index import Hit, ShapeIndex, save_thumbnails, splat_thumbnails
+from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
+from captionless3d.training.checkpoint_io import encoder_state, load_checkpoint
+from captionless3d.utils.config import with_cache_dir
 
 log = logging.getLogger(__name__)
 
-#: The paper's zero-shot prompt (also the training config's default ``prompt_template``).
-DEFAULT_TEMPLATE = "a point cloud model of a {}"
 
 
 # --------------------------------------------------------------------------------------------------- teacher
-def _reroot(obj: Any, old: str, new: str) -> Any:
-    """Replace the prefix ``old`` of every string in a nested config by ``new`` (a moved cache directory)."""
-    if isinstance(obj, dict):
-        return {k: _reroot(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_reroot(v, old, new) for v in obj]
-    if isinstance(obj, str) and (obj == old or obj.startswith(old.rstrip("/") + "/")):
-        return new + obj[len(old):] if obj != old else new
-    return obj
-
-
 def _cached_synthetic_teacher(teacher_cfg: Any, expected_id: str | None) -> Any | None:
     """The project's synthetic teacher straight from its cache, found by the checkpoint hash in ``expected_id``
     (``openclip:<model>:sha256:<12 hex>``), without building the world it was trained on; ``None`` if absent."""
@@ -100,11 +90,7 @@ def build_teacher_from_config(config: dict[str, Any], *, expected_id: str | None
 
     if "teacher" not in config:
         raise CheckpointError("the checkpoint's config has no 'teacher' section; cannot rebuild its teacher")
-    if cache_dir is not None:
-        old = (config.get("paths") or {}).get("cache_dir")
-        if old:
-            config = _reroot(config, str(old), str(cache_dir))
-    cfg = OmegaConf.create(config)
+    cfg = OmegaConf.create(with_cache_dir(config, cache_dir))
     cached = _cached_synthetic_teacher(cfg.teacher, expected_id)
     if cached is not None:
         return cached
@@ -125,6 +111,8 @@ class Captionless3DModel:
         teacher_id, teacher_dim: the teacher the student was aligned to (from the checkpoint).
         n_points: points per cloud the encoder sees (the training config's ``data.loader.n_points``).
         config: the checkpoint's full resolved training config; ``metadata``: its ``captionless3d`` metadata.
+        cache_dir: where the training caches live now when they moved since training (``None``: where the config
+            says).
         last_index: the index most recently built or opened (the default of :meth:`search`).
     """
 
@@ -152,14 +140,14 @@ class Captionless3DModel:
         self.experiment = str(metadata.get("experiment", ""))
         self.data_fingerprint = str(metadata.get("data_fingerprint", ""))
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.prompt_template = str(self.config.get("prompt_template") or DEFAULT_TEMPLATE)
+        self.prompt_template = str(self.config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE)
         loader = (self.config.get("data") or {}).get("loader") or {}
         if not isinstance(loader.get("n_points"), int) or loader["n_points"] < 1:
             raise CheckpointError(f"{checkpoint or 'checkpoint'}: config data.loader.n_points is missing or invalid "
                                   f"({loader.get('n_points')!r}); cannot tell how many points the encoder expects")
         self.n_points = int(loader["n_points"])
         self.seed = 0
-        self._cache_dir = cache_dir
+        self.cache_dir = cache_dir
         self._teacher = self._check_teacher(teacher) if teacher is not None else None
         self._sha256: str | None = None
         self._indexes: dict[Path, ShapeIndex] = {}
@@ -174,7 +162,8 @@ class Captionless3DModel:
         """How clouds are prepared before the encoder (what an exported model's users must replicate)."""
         return {
             "n_points": self.n_points,
-            "subset": "seeded random subset without replacement (numpy default_rng(seed)); smaller clouds padded "
+            "subset": "seeded random subset without replacement (torch.Generator().manual_seed(seed), "
+                      "captionless3d.data.pointcloud.subset_indices, one draw per cloud size); smaller clouds padded "
                       "with random repeats; meshes surface-sampled to n_points",
             "seed": self.seed,
             "normalization": "centre on the centroid, scale so the farthest point has norm 1 (unit sphere)",
@@ -199,7 +188,7 @@ class Captionless3DModel:
         """The frozen teacher (built on first use from the checkpoint's config; its id must match)."""
         if self._teacher is None:
             started = time.perf_counter()
-            teacher = build_teacher_from_config(self.config, expected_id=self.teacher_id, cache_dir=self._cache_dir)
+            teacher = build_teacher_from_config(self.config, expected_id=self.teacher_id, cache_dir=self.cache_dir)
             self._teacher = self._check_teacher(teacher)
             log.info("teacher %s ready in %.1f s", teacher.id, time.perf_counter() - started)
         return self._teacher
@@ -258,7 +247,7 @@ class Captionless3DModel:
         return self.teacher.encode_texts(texts, batch_size=batch_size, progress=False).float().numpy()
 
     # -- zero-shot classification -----------------------------------------------------------------------------------
-    def class_embeddings(self, labels: Sequence[str], *, template: str | Sequence[str] = DEFAULT_TEMPLATE) -> np.ndarray:
+    def class_embeddings(self, labels: Sequence[str], *, template: str | Sequence[str] = DEFAULT_PROMPT_TEMPLATE) -> np.ndarray:
         """Zero-shot class embeddings ``(C, D)`` float32, L2-normalised: the teacher's text embeddings of
         ``template.format(label)`` (several templates averaged, as
         :func:`captionless3d.teacher.classifier.zero_shot_classifier`)."""
@@ -276,7 +265,7 @@ class Captionless3DModel:
                 raise ConfigError(f"classify: template {t!r} has no '{{}}' placeholder for the label")
         return zero_shot_classifier(self.teacher, labels, templates).float().numpy()
 
-    def classify(self, points: PointsInput, labels: Sequence[str], *, template: str | Sequence[str] = DEFAULT_TEMPLATE,
+    def classify(self, points: PointsInput, labels: Sequence[str], *, template: str | Sequence[str] = DEFAULT_PROMPT_TEMPLATE,
                  top: int | None = None) -> list[list[tuple[str, float]]]:
         """Zero-shot classification: per input cloud, ``(label, cosine similarity)`` sorted best first (``top``:
         keep only the first ``top``). Classes are :meth:`class_embeddings` of ``labels`` with ``template``."""
@@ -457,14 +446,6 @@ class Captionless3DModel:
 
 
 # --------------------------------------------------------------------------------------------------- load
-def _encoder_state(checkpoint: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    prefix = "encoder."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise CheckpointError(f"{path}: no 'encoder.*' weights in the checkpoint's state_dict")
-    return state
-
-
 def build_encoder(metadata: dict[str, Any], path: Path | str = "checkpoint") -> torch.nn.Module:
     """An untrained encoder of the checkpoint's architecture (``config.model``, output size ``teacher_dim``).
 
@@ -501,8 +482,6 @@ def load(
         CheckpointError: missing / unreadable file, not a captionless3d checkpoint, a newer format version, missing
             metadata or weights that do not fit the configured architecture.
     """
-    from captionless3d.eval import load_checkpoint
-
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
     meta = ckpt["captionless3d"]
@@ -510,11 +489,11 @@ def load(
         if field not in meta:
             raise CheckpointError(f"{path}: checkpoint metadata lacks {field!r}")
     encoder = build_encoder(meta, path)
-    missing, unexpected = encoder.load_state_dict(_encoder_state(ckpt, path), strict=False)
+    missing, unexpected = encoder.load_state_dict(encoder_state(ckpt, path), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: encoder weights do not fit config.model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
     return Captionless3DModel(encoder, meta, checkpoint=path, device=device, cache_dir=cache_dir, teacher=teacher)
 
 
-__all__ = ["Captionless3DModel", "load", "build_encoder", "build_teacher_from_config", "DEFAULT_TEMPLATE"]
+__all__ = ["Captionless3DModel", "load", "build_encoder", "build_teacher_from_config", "DEFAULT_PROMPT_TEMPLATE"]

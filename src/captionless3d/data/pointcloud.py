@@ -23,8 +23,8 @@ def check_points(points: torch.Tensor, name: str = "points") -> torch.Tensor:
     return points
 
 
-def normalize_unit_sphere(points: torch.Tensor) -> torch.Tensor:
-    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (paper §8, ULIP ``pc_norm``).
+def normalise_unit_sphere(points: torch.Tensor) -> torch.Tensor:
+    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (docs/method.md, Data; ULIP's ``pc_norm``).
 
     A cloud with no extent (all points equal, up to float rounding of the mean) has no scale: it becomes all zeros
     at the origin rather than rounding noise blown up to norm 1.
@@ -37,19 +37,41 @@ def normalize_unit_sphere(points: torch.Tensor) -> torch.Tensor:
     return torch.where(degenerate[:, None, None], torch.zeros_like(centred), centred / scale[:, None, None])
 
 
-def random_subset(points: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw ``n`` points per cloud uniformly without replacement (paper §8: re-drawn at every access).
+def subset_indices(
+    available: int, n: int, generator: torch.Generator | None = None, *, batch: int = 1, pad: bool = False
+) -> torch.Tensor:
+    """Indices ``(batch, n)`` int64 of a uniform random subset of ``n`` out of ``available`` points per cloud.
 
-    Raises :class:`DataError` when a cloud has fewer than ``n`` points (no silent duplication).
+    Each cloud draws ``available`` uniform keys from ``generator`` and keeps the points of the ``n`` smallest (so the
+    subset is in random order). ``available == n`` gives every point in order and draws nothing. A cloud with fewer
+    points raises :class:`DataError` (no silent duplication), unless ``pad``: then it keeps every point and adds
+    ``n - available`` uniform random repeats.
+    """
+    if available <= 0:
+        raise DataError(f"cannot subsample an empty cloud (0 points) to {n} points")
+    if available == n:
+        return torch.arange(n).expand(batch, n)
+    if available < n:
+        if not pad:
+            raise DataError(f"need {n} points per cloud but the stored clouds have only {available}")
+        extra = torch.randint(0, available, (batch, n - available), generator=generator)
+        return torch.cat([torch.arange(available).expand(batch, available), extra], dim=1)
+    keys = torch.rand(batch, available, generator=generator)
+    return keys.argsort(dim=1)[:, :n]
+
+
+def random_subset(points: torch.Tensor, n: int, generator: torch.Generator | None = None, *,
+                  pad: bool = False) -> torch.Tensor:
+    """``(B, P, 3) -> (B, n, 3)``: ``n`` points per cloud uniformly without replacement, an independent draw per cloud
+    (:func:`subset_indices`; training draws anew at every access, evaluation from a seeded generator).
+
+    Raises :class:`DataError` when a cloud has fewer than ``n`` points, unless ``pad`` (random repeats fill up).
     """
     batch, available, _ = points.shape
-    if available < n:
-        raise DataError(f"need {n} points per cloud but the stored clouds have only {available}")
     if available == n:
         return points
-    keys = torch.rand(batch, available, generator=generator)
-    order = keys.argsort(dim=1)[:, :n]
-    return torch.gather(points, 1, order[..., None].expand(-1, -1, 3))
+    order = subset_indices(available, n, generator, batch=batch, pad=pad)
+    return torch.gather(points, 1, order[..., None].expand(-1, -1, points.shape[-1]))
 
 
 def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
@@ -64,7 +86,7 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
 
 
 def random_rotate(points: torch.Tensor, max_degrees: float = 45.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rotate each cloud by independent uniform angles in ``[-max_degrees, max_degrees]`` about x, y, z (paper §8)."""
+    """Rotate each cloud by independent uniform angles in ``[-max_degrees, max_degrees]`` about x, y, z (docs/method.md, Data)."""
     if max_degrees <= 0:
         return points
     limit = math.radians(max_degrees)

@@ -1,7 +1,7 @@
 """What ``make demo`` serves out of the box: the newest trained checkpoint and an index of its world's test shapes.
 
 :func:`find_demo_checkpoint` picks the newest ``<outputs>/train/**/checkpoints/best*.ckpt`` (as ``ckpt=latest`` of
-:mod:`captionless3d.eval`). :func:`ensure_demo_index` rebuilds the checkpoint's data collection from its own training
+:mod:`captionless3d.eval`, through :func:`captionless3d.training.checkpoint_io.best_checkpoints`). :func:`ensure_demo_index` rebuilds the checkpoint's data collection from its own training
 config (the synthetic world is reused from the run's cache), writes the chosen splits' clouds as
 ``<category>/<object>.npy`` files under ``<paths.cache_dir>/demo/<checkpoint sha256[:16]>-<splits>/shapes`` (the files
 the shape index reads), indexes them with thumbnails next to them, and writes a few example inputs (a photo PNG and a
@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 def find_demo_checkpoint(output_dir: str | os.PathLike = "outputs") -> Path:
     """The newest ``<output_dir>/train/**/checkpoints/best*.ckpt`` (CheckpointError when there is none)."""
-    from captionless3d.eval import _best_checkpoints
+    from captionless3d.training.checkpoint_io import best_checkpoints
 
-    candidates = _best_checkpoints(Path(output_dir))
+    candidates = best_checkpoints(output_dir)
     if not candidates:
         raise CheckpointError(f"no checkpoints/best*.ckpt under {Path(output_dir) / 'train'}: train one first "
                               "(python -m captionless3d.train) or pass --ckpt <path>")
@@ -34,7 +34,7 @@ def find_demo_checkpoint(output_dir: str | os.PathLike = "outputs") -> Path:
 
 
 def _cache_dir(model: Any) -> Path:
-    override = getattr(model, "_cache_dir", None)
+    override = getattr(model, "cache_dir", None)
     if override is not None:
         return Path(override)
     cache = (model.config.get("paths") or {}).get("cache_dir")
@@ -45,16 +45,13 @@ def load_world_of(model: Any) -> Any:
     """The data collection the checkpoint was trained on, rebuilt (or reused from the cache) from its config."""
     from omegaconf import OmegaConf
 
-    from captionless3d.api.model import _reroot
     from captionless3d.pipeline import build_collection
+    from captionless3d.utils.config import with_cache_dir
 
     config = dict(model.config)
     if "data" not in config:
         raise ConfigError(f"{model.checkpoint}: the checkpoint's config has no 'data' section; pass --index instead")
-    override = getattr(model, "_cache_dir", None)
-    old = (config.get("paths") or {}).get("cache_dir")
-    if override is not None and old:
-        config = _reroot(config, str(old), str(override))
+    config = with_cache_dir(config, getattr(model, "cache_dir", None))
     return build_collection(OmegaConf.create(config).data)
 
 

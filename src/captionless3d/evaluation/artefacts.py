@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from captionless3d.data.pointcloud import check_points, normalize_unit_sphere, random_subset
+from captionless3d.data.pointcloud import check_points, normalise_unit_sphere, random_subset
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.evaluation._checks import as_embeddings, as_id_list, check_same_dim, factorize
 from captionless3d.utils.atomic import atomic_open, atomic_write_bytes
@@ -85,7 +85,7 @@ def render_point_thumbnails(
     check_points(pts, "thumbnail points")
     if size < 4 or splat < 1 or margin < 0 or 2 * margin + splat >= size:
         raise ConfigError(f"artefacts.thumbnail_size: {size} px is too small for splat {splat} and margin {margin}")
-    pts = normalize_unit_sphere(pts)
+    pts = normalise_unit_sphere(pts)
     a, e = math.radians(azimuth_deg), math.radians(elevation_deg)
     ry = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]])
     rx = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(e), -math.sin(e)], [0.0, math.sin(e), math.cos(e)]])

@@ -9,20 +9,10 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from captionless3d.errors import CheckpointError
+from captionless3d.evaluation.result import BenchmarkResult
+from captionless3d.training.checkpoint_io import load_encoder_weights
 
 log = logging.getLogger(__name__)
-
-
-def load_encoder_weights(encoder: torch.nn.Module, checkpoint: str | Path) -> torch.nn.Module:
-    """Load the ``encoder.*`` weights of a training checkpoint (``weights_only=True``) into ``encoder``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    prefix = "encoder."
-    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
-    missing, unexpected = encoder.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{checkpoint}: missing keys {missing}, unexpected keys {unexpected}")
-    return encoder
 
 
 class TestSetEvaluation(L.Callback):
@@ -40,7 +30,8 @@ class TestSetEvaluation(L.Callback):
         self.output_dir = Path(output_dir)
         self.model_name = model_name
         self.benchmarks: Mapping[str, Any] = {}
-        self.metrics: dict[str, dict[str, Any]] | None = None
+        self.results: dict[str, BenchmarkResult] | None = None
+        self.metrics: dict[str, dict[str, Any]] | None = None  # {benchmark: results[benchmark].metrics}
         self.oracle: dict[str, dict[str, Any]] | None = None  # teacher-oracle metrics per benchmark with renders
         self.checkpoint_path: str | None = None
 
@@ -62,7 +53,7 @@ class TestSetEvaluation(L.Callback):
         from captionless3d.evaluation.oracle import evaluate_oracles
 
         self.oracle = evaluate_oracles(self.benchmarks)
-        self.metrics = run_benchmarks(
+        self.results = run_benchmarks(
             encoder.to(pl_module.device),
             self.benchmarks,
             model_name=self.model_name,
@@ -74,6 +65,7 @@ class TestSetEvaluation(L.Callback):
             oracles=self.oracle,
             selected_on=getattr(trainer.checkpoint_callback, "monitor", None) if checkpoint else None,
         )
+        self.metrics = {name: result.metrics for name, result in self.results.items()}
 
 
 ORACLE_NOTE = (
@@ -113,8 +105,9 @@ def run_benchmarks(
     tensorboard_dir: str | Path | None = "auto",
     oracles: Mapping[str, Mapping[str, Any]] | None = None,
     selected_on: str | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Evaluate ``encoder`` on each benchmark; print the paper-style tables; write ``results/<benchmark>/results.*``
+) -> dict[str, BenchmarkResult]:
+    """Evaluate ``encoder`` on each benchmark; print a compact table per benchmark (:mod:`.console`); write the
+    paper-style ``results/<benchmark>/results.*``
     (each stating its protocol, including that the checkpoint was selected on val), ``selection.json`` (what the
     linear probe / fine-tune chose on val), the confusion-matrix and retrieval-example PNGs, and a combined
     ``results.md``; log ``test/<benchmark>/<metric>`` scalars.
@@ -127,9 +120,13 @@ def run_benchmarks(
     ``oracles`` (:func:`.oracle.evaluate_oracles`): a benchmark that has one gets a ``teacher-oracle`` reference row
     in its table, and the encoder's metrics get the ``efficiency/...`` keys (student / oracle, percent).
     ``selected_on``: the validation quantity the checkpoint was selected by (stated in the protocol).
+
+    Returns ``{benchmark: BenchmarkResult}`` (the metrics include the ``efficiency/...`` keys when an oracle was
+    given).
     """
     from captionless3d.evaluation.oracle import ORACLE_NAME, distillation_efficiency
     from captionless3d.evaluation.artefacts import check_artefact_options, tensorboard_writer, write_benchmark_artefacts
+    from captionless3d.evaluation.console import compact_table
     from captionless3d.evaluation.report import ResultsTable
     from captionless3d.evaluation.runner import KNOWN_PROTOCOLS, describe_protocol, evaluate_encoder
     from captionless3d.evaluation.zeroshot import save_confusion_png
@@ -137,7 +134,7 @@ def run_benchmarks(
 
     output_dir = Path(output_dir)
     params_m = sum(p.numel() for p in encoder.parameters()) / 1e6
-    all_metrics: dict[str, dict[str, Any]] = {}
+    results: dict[str, BenchmarkResult] = {}
     sections = []
     fallback = (output_dir / "tensorboard") if tensorboard_dir == "auto" else tensorboard_dir
     writer, owned, writer_checked = None, False, False
@@ -149,58 +146,51 @@ def run_benchmarks(
             if len(bench.collection.indices(split)) == 0:
                 log.info("benchmark %s: collection %s has no '%s' split; skipped", name, bench.collection.name, split)
                 continue
-            metrics = evaluate_encoder(
+            result = evaluate_encoder(
                 encoder, bench.collection, bench.features, device=device, return_embeddings=artefacts["enabled"],
                 teacher=getattr(bench, "teacher", None), **runner,
             )
-            confusion = metrics.pop("_confusion_matrix", None)
-            chance = metrics.pop("_chance", {})
-            selection = metrics.pop("_selection", {})
-            per_category = metrics.pop("_per_category", {})
-            embeddings = metrics.pop("_embeddings", None)
-            for key in [k for k in metrics if k.startswith("_")]:
-                metrics.pop(key)
+            metrics = result.metrics
             bench_dir = output_dir / "results" / name
             bench_dir.mkdir(parents=True, exist_ok=True)
             confusion_png = None
-            if confusion is not None:
-                confusion_png = save_confusion_png(confusion, list(bench.collection.categories), bench_dir / "confusion_matrix.png")
-            if selection:
-                atomic_write_json(bench_dir / "selection.json", selection)
-            if per_category:
-                atomic_write_json(bench_dir / "per_category.json", per_category)
+            if result.confusion_matrix is not None:
+                confusion_png = save_confusion_png(result.confusion_matrix, list(bench.collection.categories),
+                                                   bench_dir / "confusion_matrix.png")
+            if result.selection:
+                atomic_write_json(bench_dir / "selection.json", result.selection)
+            if result.per_category:
+                atomic_write_json(bench_dir / "per_category.json", result.per_category)
             protocols = runner.get("protocols", ("zeroshot", "retrieval"))
             protocol = (
                 f"{describe_protocol([p for p in KNOWN_PROTOCOLS if p in protocols], selected_on)} "
-                f"runner: {bench.runner}. "
-                f"chance levels: {chance}. checkpoint: {checkpoint}"
+                f"runner: {bench.runner}. test split: {result.sizes}. checkpoint: {checkpoint}"
             )
             oracle = dict((oracles or {}).get(name, {}))
             metrics.update(distillation_efficiency(metrics, oracle))
             table = ResultsTable(protocol=protocol + (f" {ORACLE_NOTE}" if oracle else ""),
-                                 title=f"{name} ({bench.collection.name})")
-            table.add(model_name, metrics, params_m=params_m, notes=_selection_notes(selection))
+                                 title=f"{name} ({bench.collection.name})", chance=result.chance)
+            table.add(model_name, metrics, params_m=params_m, notes=_selection_notes(result.selection))
             if oracle:
                 table.add(ORACLE_NAME, oracle, notes="the teacher's own mean render embedding of each shape",
                           reference=True)
             table.save(bench_dir)
-            markdown = table.to_markdown()
-            print(markdown, flush=True)
-            sections.append(markdown)
+            sections.append(table.to_markdown())
+            print(compact_table(table, bench_dir / "results.md"), flush=True)
             if artefacts["enabled"] and not writer_checked:  # open (or find) the writer once, when first needed
                 writer, owned = tensorboard_writer(loggers, fallback)
                 writer_checked = True
             write_benchmark_artefacts(
-                bench_dir, name, bench.collection, embeddings, writer=writer, step=step, options=artefacts,
+                bench_dir, name, bench.collection, result.embeddings, writer=writer, step=step, options=artefacts,
                 confusion_png=confusion_png,
             )
             for logger in loggers or ():
                 if hasattr(logger, "log_metrics"):
                     logger.log_metrics({f"test/{name}/{k}": float(v) for k, v in metrics.items()}, step=step)
-            all_metrics[name] = metrics
+            results[name] = result
     finally:
         if owned and writer is not None:
             writer.close()
     if sections:
         atomic_write_bytes(output_dir / "results.md", "\n\n".join(sections).encode("utf-8"))
-    return all_metrics
+    return results

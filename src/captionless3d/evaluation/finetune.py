@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captionless3d.data.pointcloud import normalize_unit_sphere, random_rotate, random_subset
+from captionless3d.data.pointcloud import normalise_unit_sphere, random_rotate, random_subset
 from captionless3d.errors import ConfigError, DataError, NumericalError
 from captionless3d.evaluation.classification import classification_metrics
 
@@ -105,7 +105,7 @@ def _load_points(points: Any, index: np.ndarray) -> torch.Tensor:
 
 
 def _batch(points: Any, index: np.ndarray, n_points: int, generator: torch.Generator, rotation_degrees: float) -> torch.Tensor:
-    clouds = normalize_unit_sphere(random_subset(_load_points(points, index), n_points, generator))
+    clouds = normalise_unit_sphere(random_subset(_load_points(points, index), n_points, generator))
     if rotation_degrees > 0:
         clouds = random_rotate(clouds, rotation_degrees, generator)
     return clouds

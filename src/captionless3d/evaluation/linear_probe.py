@@ -2,7 +2,7 @@
 
 Protocol (the CLIP linear-probe recipe, in torch):
 
-1. Embed the ``train``, ``val`` and ``test`` splits with the **frozen** encoder (:func:`runner.embed_points`: one
+1. Embed the ``train``, ``val`` and ``test`` splits with the **frozen** encoder (:func:`.embedding.embed_points`: one
    seeded random subset of ``n_points`` points per object, unit-sphere normalised, no augmentation, eval mode).
 2. Standardise every feature with the mean and standard deviation of the **train** embeddings (a constant feature
    gets std 1, i.e. it is only centred).
@@ -29,6 +29,8 @@ from torch import nn
 
 from captionless3d.errors import ConfigError, DataError, NumericalError
 from captionless3d.evaluation.classification import as_labels, classification_metrics
+from captionless3d.evaluation.embedding import embed_points
+from captionless3d.utils.threads import torch_threads
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -131,13 +133,8 @@ def fit_logistic_regression(
         return loss
 
     # small problems: one thread (intra-op thread hand-offs cost more than the maths, badly so on a loaded machine)
-    threads = torch.get_num_threads()
-    if design.numel() * num_classes < _SINGLE_THREAD_WORK:
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if design.numel() * num_classes < _SINGLE_THREAD_WORK else 0):
         optimizer.step(objective)
-    finally:
-        torch.set_num_threads(threads)
     with torch.no_grad():
         final = float(F.cross_entropy(design @ params, ys) + float(l2) * params[:-1].pow(2).sum())
     if not math.isfinite(final):
@@ -231,8 +228,6 @@ def linear_probe_encoder(
     split gets a different embedding seed offset so no two splits share the sampling stream. :class:`DataError`
     naming the collection and split when a split is empty.
     """
-    from captionless3d.evaluation.runner import embed_points
-
     name = getattr(collection, "name", type(collection).__name__)
     labels = torch.from_numpy(np.array(collection.labels, dtype=np.int64))
     num_classes = len(collection.categories)

@@ -28,7 +28,8 @@ import torch
 
 from captionless3d.errors import ConfigError
 from captionless3d.evaluation.oracle import evaluate_teacher_oracle
-from captionless3d.evaluation.runner import embed_points, embedding_metrics
+from captionless3d.evaluation.embedding import embed_points
+from captionless3d.evaluation.runner import embedding_metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def split_scalars(encoder: torch.nn.Module, collection: Any, features: Any, inde
         shape_emb, lambda pairs: shape_emb[torch.as_tensor([position[int(g)] for g in pairs], dtype=torch.long)],
         collection, features, index, protocols=protocols, templates=("single",), teacher=None,
         paper_batch_size=128, paper_seed=0,
-    )
+    ).metrics
     return {name: float(metrics[key]) for key, name in LOGGED if key in metrics}
 
 

@@ -78,11 +78,10 @@ def evaluate_teacher_oracle(
     def pair_embeddings(pair_objects: np.ndarray) -> torch.Tensor:
         return shape_emb[torch.as_tensor([position[int(g)] for g in pair_objects], dtype=torch.long)]
 
-    metrics = embedding_metrics(
+    return embedding_metrics(
         shape_emb, pair_embeddings, collection, features, index, protocols=protocols, templates=templates,
         teacher=teacher, paper_batch_size=paper_batch_size, paper_seed=paper_seed,
-    )
-    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+    ).metrics
 
 
 def distillation_efficiency(student: Mapping[str, Any], oracle: Mapping[str, Any] | None) -> dict[str, float]:

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from captionless3d.errors import DataError
+from captionless3d.evaluation.chance import CHANCE_METHOD
 from captionless3d.utils.atomic import atomic_write_bytes
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "ResultRow",
     "ResultsTable",
     "classification_keys",
+    "format_chance",
     "gallery_keys",
     "mean_std_table",
     "paper_keys",
@@ -179,8 +181,19 @@ def _fmt(x: float | None, digits: int) -> str:
     return f"{x:.{digits}f}"
 
 
+def format_chance(value: float | None) -> str:
+    """A chance level for a table cell: one decimal from 1 % up, two below (0.31), ``–`` when unknown."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 class ResultsTable:
-    """Rows of models in the paper's table layout. ``protocol`` is written into every output file."""
+    """Rows of models in the paper's table layout. ``protocol`` is written into every output file.
+
+    ``chance`` (``{metric key: percent}``, :mod:`.chance`) adds a last ``chance`` line to the Markdown table (not a
+    model: never bold, not a CSV row) and a ``chance`` entry to the JSON.
+    """
 
     def __init__(
         self,
@@ -190,6 +203,7 @@ class ResultsTable:
         title: str = "Results",
         columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS,
         digits: int = 1,
+        chance: Mapping[str, float] | None = None,
     ) -> None:
         if not protocol or not protocol.strip():
             raise DataError("ResultsTable: protocol must be a non-empty description of how the numbers were obtained")
@@ -198,6 +212,7 @@ class ResultsTable:
         self.title = title
         self.columns = tuple(columns)
         self.digits = int(digits)
+        self.chance: dict[str, float] = {k: float(v) for k, v in (chance or {}).items()}
         for r in rows:
             self.add_row(r)
 
@@ -264,7 +279,11 @@ class ResultsTable:
                     c = f"**{c}**"
                 cells.append(c)
             lines.append("| " + " | ".join(cells) + " |")
+        if self.chance:
+            lines.append("| chance | – | " + " | ".join(format_chance(self.chance.get(k)) for k, _, _ in cols) + " |")
         lines += ["", f"**Protocol.** {self.protocol}", ""]
+        if self.chance:
+            lines += [f"**Chance.** {CHANCE_METHOD}", ""]
         if any(r.n_runs > 1 for r in self.rows):
             lines += ["Cells with ± are mean ± sample standard deviation over runs (seeds); runs per model: "
                       + ", ".join(f"{r.name}: {r.n_runs}" for r in self.rows) + ".", ""]
@@ -304,6 +323,9 @@ class ResultsTable:
             "columns": [{"key": k, "group": g, "header": h} for k, g, h in self.columns],
             "rows": [r.to_dict() for r in self.rows],
         }
+        if self.chance:
+            payload["chance"] = dict(self.chance)
+            payload["chance_method"] = CHANCE_METHOD
         return json.dumps(payload, indent=2, sort_keys=False, allow_nan=True)
 
     def save(self, directory: str | Path) -> dict[str, Path]:
@@ -323,6 +345,7 @@ class ResultsTable:
             protocol=obj["protocol"],
             title=obj.get("title", "Results"),
             columns=[(c["key"], c["group"], c["header"]) for c in obj.get("columns", [])] or DEFAULT_COLUMNS,
+            chance=obj.get("chance"),
         )
         for r in obj["rows"]:
             table.add_row(ResultRow(**r))
@@ -338,9 +361,11 @@ def mean_std_table(
     title: str = "Results (mean ± std over runs)",
     columns: Sequence[tuple[str, str, str]] = DEFAULT_COLUMNS,
     references: Sequence[str] = (),
+    chance: Mapping[str, float] | None = None,
 ) -> ResultsTable:
     """Merge several runs (e.g. seeds) per model into one row with mean and sample std (ddof = 1) per metric.
-    Models named in ``references`` become reference rows (e.g. the teacher oracle: never bold).
+    Models named in ``references`` become reference rows (e.g. the teacher oracle: never bold); ``chance``: the
+    chance levels of the runs' split (:class:`ResultsTable`).
 
     ``runs`` is either ``{model: [metrics_run1, metrics_run2, ...]}`` or a flat list of metric dicts that each carry a
     ``"model"`` name (and optionally ``"params_m"``). Every run of a model must have the same metric keys
@@ -360,7 +385,7 @@ def mean_std_table(
             if "params_m" in run:
                 pm.setdefault(name, float(run.pop("params_m")))
             grouped.setdefault(name, []).append(run)
-    table = ResultsTable(protocol=protocol, title=title, columns=columns)
+    table = ResultsTable(protocol=protocol, title=title, columns=columns, chance=chance)
     for name, lst in grouped.items():
         if not lst:
             raise DataError(f"mean_std_table: model {name!r} has no runs")

@@ -1,6 +1,7 @@
 """Image<->shape retrieval from embeddings, numbers in percent. Two protocols.
 
-1. :func:`paper_batch_retrieval` -- the paper's Pix3D protocol (paper-method §9.3; No-Captions ``test_retrieval.py``).
+1. :func:`paper_batch_retrieval` -- the paper's Pix3D protocol (docs/method.md, Evaluation protocols; the
+   released ``test_retrieval.py``).
 
    * **Permutation rule**: ``perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed))`` (CPU
      generator). Batch ``b`` holds the pairs ``perm[b*batch_size : (b+1)*batch_size]``; the last batch is smaller.

@@ -13,9 +13,10 @@ Protocol (written into every results file):
 - fine-tune (``protocols: [..., finetune]``, :mod:`.finetune`): a copy of the encoder + a linear head trained on
   train (AdamW + cosine), epoch selected on val, test classified once.
 
-Keys starting with ``_`` in the returned dict are not metrics: ``_chance`` (chance levels), ``_confusion_matrix``
-(zero-shot), ``_selection`` (what the linear probe / fine-tune chose on val, JSON-safe) and, with
-``return_embeddings=True``, ``_embeddings`` (for the TensorBoard / PNG artefacts of :mod:`.artefacts`).
+:func:`evaluate_encoder` returns a :class:`~captionless3d.evaluation.result.BenchmarkResult`: the metrics, their
+chance levels (:mod:`.chance`, keyed like the metrics), the split sizes, per-category figures, what the linear probe /
+fine-tune chose on val, the zero-shot confusion matrix and, with ``return_embeddings=True``, the embeddings the
+TensorBoard / PNG artefacts of :mod:`.artefacts` draw.
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from captionless3d.data.pointcloud import normalize_unit_sphere, random_subset
 from captionless3d.errors import ConfigError, DataError
+from captionless3d.evaluation.chance import SplitSizes, chance_levels
+from captionless3d.evaluation.embedding import embed_points
 from captionless3d.evaluation.report import classification_keys, gallery_keys, paper_keys, zeroshot_keys
 from captionless3d.evaluation.retrieval import full_gallery_retrieval, paper_batch_retrieval
+from captionless3d.evaluation.result import BenchmarkResult
 from captionless3d.evaluation.zeroshot import zero_shot_metrics
+from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
 
 PROTOCOL_PARTS: dict[str, str] = {
     "selection": (
@@ -37,7 +41,7 @@ PROTOCOL_PARTS: dict[str, str] = {
         "on test)."
     ),
     "zeroshot": (
-        "zero-shot: single template 'a point cloud model of a {}' (zeroshot/...), plus each averaged template set "
+        f"zero-shot: single template '{DEFAULT_PROMPT_TEMPLATE}' (zeroshot/...), plus each averaged template set "
         "named in runner.templates (zeroshot_<set>/...: every template embedded, L2-normalised, averaged per class "
         "and re-normalised, as OpenCLIP's build_zero_shot_classifier); overall top-1/top-5 and class-mean top-1."
     ),
@@ -92,34 +96,6 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-@torch.no_grad()
-def embed_points(
-    encoder: nn.Module,
-    points: np.ndarray,
-    *,
-    n_points: int,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """Embed clouds ``(M, P, 3)`` with a seeded random subset of ``n_points`` each. Returns ``(M, D)`` float32 (CPU)."""
-    was_training = encoder.training
-    encoder.eval()
-    generator = torch.Generator().manual_seed(seed)
-    outputs = []
-    try:
-        for start in range(0, len(points), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(points[start : start + batch_size], dtype=np.float32))
-            chunk = normalize_unit_sphere(random_subset(chunk, n_points, generator))
-            outputs.append(encoder(chunk.to(device)).float().cpu())
-    finally:
-        encoder.train(was_training)
-    embeddings = torch.cat(outputs)
-    if not torch.isfinite(embeddings).all():
-        raise DataError("the point encoder produced non-finite embeddings on the evaluation split")
-    return embeddings
-
-
 def _as_tensor(array: Any) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
@@ -155,8 +131,8 @@ def embedding_metrics(
     teacher: Any,
     paper_batch_size: int,
     paper_seed: int,
-) -> dict[str, Any]:
-    """Zero-shot and retrieval metrics (percent) of given shape embeddings: the part of :func:`evaluate_encoder` that
+) -> BenchmarkResult:
+    """Zero-shot and retrieval results (percent) of given shape embeddings: the part of :func:`evaluate_encoder` that
     does not depend on where the embeddings come from (a point encoder, or the teacher's own render embeddings for
     :mod:`.oracle`).
 
@@ -165,8 +141,8 @@ def embedding_metrics(
         pair_embeddings: global object indices ``(P,)`` of the (photo, shape) pairs -> their shape embeddings
             ``(P, D)`` (an encoder draws a fresh point sample per pair).
         index: ``(M,)`` global indices of the evaluated split.
-    Returns the metric keys of :mod:`.report` plus ``_chance``, ``_per_category``, ``_confusion_matrix`` and
-    ``_embedding_parts`` (what :mod:`.artefacts` draws).
+    Returns the metrics with their chance levels, split sizes, per-category figures, the zero-shot confusion matrix
+    and (in ``embeddings``, always filled here) what :mod:`.artefacts` draws.
     """
     categories: Sequence[str] = collection.categories
     all_labels = np.asarray(collection.labels)
@@ -180,12 +156,10 @@ def embedding_metrics(
                 f"encoder outputs {shape_emb.shape[1]}-d embeddings but the teacher's text embeddings are "
                 f"{prompt_emb.shape[1]}-d: the checkpoint was trained for another teacher"
             )
-    metrics: dict[str, Any] = {
-        "_chance": {"zeroshot/top1": 100.0 / len(categories)},
-        "_selection": {},
-        "_per_category": {},  # {protocol key: {category: value or {metric: value}}} (percent)
-    }
+    result = BenchmarkResult(metrics={})
+    metrics = result.metrics
     embeddings: dict[str, Any] = {"test_index": index, "shape_emb": shape_emb, "image_emb": {}}
+    sizes = SplitSizes(num_classes=len(categories), paper_batch_size=int(paper_batch_size))
     if "zeroshot" in protocols:
         labels = torch.from_numpy(all_labels[index].astype(np.int64))
         for name, classifier in _text_classifiers(templates, prompt_emb, teacher, categories).items():
@@ -193,11 +167,11 @@ def embedding_metrics(
             prefix = "zeroshot" if name == "single" else f"zeroshot_{name}"
             metrics.update(zeroshot_keys(zs, prefix=prefix))
             per_class = zs["per_class_top1"].tolist()
-            metrics["_per_category"][f"{prefix}/top1"] = {
+            result.per_category[f"{prefix}/top1"] = {
                 c: v for c, v in zip(categories, per_class) if v == v  # NaN: no test sample of that class
             }
-            if name == "single" or "_confusion_matrix" not in metrics:
-                metrics["_confusion_matrix"] = zs.get("confusion_matrix")
+            if name == "single" or result.confusion_matrix is None:
+                result.confusion_matrix = zs.get("confusion_matrix")
 
     if "retrieval" in protocols and n_photos > 0:
         pair_objects = np.repeat(index, n_photos)  # global object index of each (photo, shape) pair
@@ -219,18 +193,21 @@ def embedding_metrics(
                 image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories, shape_categories=gallery_categories
             )
             metrics.update(gallery_keys(gallery, domain))
-            metrics["_per_category"][f"retrieval/{domain}/paper"] = paper.get("per_category", {})
-            metrics["_per_category"][f"retrieval/{domain}/gallery"] = gallery.get("per_category", {})
+            result.per_category[f"retrieval/{domain}/paper"] = paper.get("per_category", {})
+            result.per_category[f"retrieval/{domain}/gallery"] = gallery.get("per_category", {})
             embeddings["image_emb"][domain] = image_emb
         embeddings.update(pair_objects=pair_objects, pair_photos=np.tile(np.arange(n_photos), len(index)),
                           pair_shape_ids=shape_of[pair_objects],
                           gallery_objects=index[first], gallery_shape_ids=shapes)
-        metrics["_chance"].update({
-            "retrieval/paper/top1": 100.0 / min(paper_batch_size, len(pair_objects)),
-            "retrieval/gallery/i2s_r1": 100.0 / len(shapes),
-        })
-    metrics["_embedding_parts"] = embeddings
-    return metrics
+        gallery_sizes = tuple(
+            (pair_categories.count(c), gallery_categories.count(c)) for c in dict.fromkeys(gallery_categories)
+        )
+        sizes = SplitSizes(num_classes=len(categories), num_pairs=len(pair_objects),
+                           paper_batch_size=int(paper_batch_size), gallery=gallery_sizes)
+    result.chance = chance_levels(metrics, sizes)
+    result.sizes = sizes.summary()
+    result.embeddings = embeddings
+    return result
 
 
 def evaluate_encoder(
@@ -251,14 +228,15 @@ def evaluate_encoder(
     teacher: Any = None,
     return_embeddings: bool = False,
     device: torch.device | str = "cpu",
-) -> dict[str, Any]:
-    """All metrics of one encoder on ``split`` of ``collection``, in percent, with the key naming of ``report``.
+) -> BenchmarkResult:
+    """One encoder on ``split`` of ``collection``: metrics in percent with the key naming of ``report``, their chance
+    levels and the side results (:class:`~captionless3d.evaluation.result.BenchmarkResult`).
 
     Retrieval runs when the collection has photos (``features.photo_emb`` has K > 0 photos per object). Entries that
     share a shape (Pix3D: ``collection.shape_index``) are one gallery item in the full-gallery protocol.
     ``linear_probe`` / ``finetune``: options of :func:`.linear_probe.linear_probe_encoder` (``train_split``,
     ``val_split``, ``l2_grid``, ``max_iter``) / :func:`.finetune.finetune_encoder` (``epochs``, ``lr``, ...); the
-    test split is always ``split``. ``return_embeddings``: add ``_embeddings`` (test shape embeddings, photo
+    test split is always ``split``. ``return_embeddings``: keep ``embeddings`` (test shape embeddings, photo
     embeddings per domain, gallery) for :mod:`.artefacts`.
     ``templates``: zero-shot prompt sets (:data:`captionless3d.teacher.classifier.TEMPLATE_SETS` names); ``single``
     uses the feature store's prompt embeddings (keys ``zeroshot/...``), any other set is embedded with ``teacher``
@@ -292,11 +270,11 @@ def evaluate_encoder(
             device=device,
         )
 
-    metrics = embedding_metrics(
+    result = embedding_metrics(
         shape_emb, pair_embeddings, collection, features, index, protocols=protocols, templates=templates,
         teacher=teacher, paper_batch_size=paper_batch_size, paper_seed=paper_seed,
     )
-    embeddings = metrics.pop("_embedding_parts")
+    classifiers: dict[str, Any] = {}
     if "linear_probe" in protocols:
         from captionless3d.evaluation.linear_probe import linear_probe_encoder
 
@@ -304,18 +282,18 @@ def evaluate_encoder(
             encoder, collection, test_split=split, n_points=n_points, batch_size=batch_size, seed=seed,
             test_emb=shape_emb, device=device, **probe_opts,
         )
-        metrics.update(classification_keys(probe, "linear_probe"))
-        metrics["_chance"]["linear_probe/top1"] = 100.0 / len(collection.categories)
-        metrics["_selection"]["linear_probe"] = _json_safe(probe["selection"])
+        classifiers["linear_probe"] = probe
     if "finetune" in protocols:
         from captionless3d.evaluation.finetune import finetune_encoder
 
         finetune_opts.setdefault("n_points", n_points)
         finetune_opts.setdefault("seed", seed)
-        tuned = finetune_encoder(encoder, collection, test_split=split, device=device, **finetune_opts)
-        metrics.update(classification_keys(tuned, "finetune"))
-        metrics["_chance"]["finetune/top1"] = 100.0 / len(collection.categories)
-        metrics["_selection"]["finetune"] = _json_safe(tuned["selection"])
-    if return_embeddings:
-        metrics["_embeddings"] = embeddings
-    return metrics
+        classifiers["finetune"] = finetune_encoder(encoder, collection, test_split=split, device=device, **finetune_opts)
+    for name, outcome in classifiers.items():
+        keys = classification_keys(outcome, name)
+        result.metrics.update(keys)
+        result.chance.update(chance_levels(keys, SplitSizes(num_classes=len(collection.categories))))
+        result.selection[name] = _json_safe(outcome["selection"])
+    if not return_embeddings:
+        result.embeddings = None
+    return result

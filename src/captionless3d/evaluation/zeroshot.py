@@ -1,4 +1,4 @@
-"""Zero-shot classification from embeddings (paper §9.1), numbers in percent.
+"""Zero-shot classification from embeddings (docs/method.md, Evaluation protocols), numbers in percent.
 
 Prediction = arg-max cosine between an L2-normalised point embedding and L2-normalised class (prompt) embeddings; the
 logit scale and bias of the training loss do not change the ranking, so they are not needed here.

@@ -1,4 +1,4 @@
-"""Landmark generation: ask a chat LLM for ``count`` distinct one-sentence descriptions per category (paper §4).
+"""Landmark generation: ask a chat LLM for ``count`` distinct one-sentence descriptions per category (docs/method.md, Priors).
 
 Per category, in rounds: the prompt (a template in the config, fields ``{category}``, ``{count}``, ``{existing}``)
 asks for at most ``per_request`` new descriptions; the reply is cleaned (:func:`parse_reply`: JSON list or one per

@@ -1,13 +1,13 @@
-"""False-negative guard: near-duplicate pairs get a reduced prior (issue 4, beyond the paper).
+"""False-negative guard: near-duplicate pairs get a reduced prior (beyond the paper).
 
-The paper has no false-negative handling (paper-method.md §6, §11): the most CLIP-similar same-category shapes get
+The paper has no false-negative handling (docs/method.md): the most CLIP-similar same-category shapes get
 the *largest* denominator weights, so near-duplicates (common in ShapeNet) are pushed apart hardest.
 :class:`FalseNegativeGuard` wraps any pairwise prior (anything with ``pairs(rows, cols) -> (R, C)``, e.g. a
 :class:`~captionless3d.mining.PriorStore`) and replaces ``l_ij`` by ``weight`` wherever ``l_ij > threshold`` and
 ``rows[r] != cols[c]`` (self pairs keep their prior, 1 for a PriorStore). Everything downstream is unchanged: the loss
 row-normalises the guarded ``l`` as usual (``m_i`` includes the replaced values), so
 
-- ``weight = delta`` (0.25) treats a near-duplicate like a cross-category negative;
+- ``weight = delta`` (the default: the wrapped prior's δ) treats a near-duplicate like a cross-category negative;
 - ``weight = 0`` removes it from the denominator (masking; the loss handles ``log 0 = -inf``).
 
 The threshold is on the prior's own scale: I2I ``l = (cos+1)/2`` (near-duplicates ~0.98-1), (I2L)² ``l = 1/(1+d)``
@@ -40,16 +40,20 @@ class FalseNegativeGuard:
     Args:
         prior: anything with ``pairs(rows, cols) -> Tensor (R, C)``.
         threshold: pairs (other than self pairs) with prior ``> threshold`` count as near-duplicates.
-        weight: the prior they get instead (>= 0).
+        weight: the prior they get instead (>= 0); ``None``: the wrapped prior's ``delta``.
 
     Other attributes (``kind``, ``delta``, ``category_matrix``, ...) are those of the wrapped prior, unguarded.
     ``last_guarded`` is the number of guarded pairs of the last :meth:`pairs` call (a 0-d tensor on the prior's
     device, not synchronised; ``int(...)`` it to log).
     """
 
-    def __init__(self, prior: Any, threshold: float, weight: float) -> None:
+    def __init__(self, prior: Any, threshold: float, weight: float | None = None) -> None:
         if not callable(getattr(prior, "pairs", None)):
             raise ConfigError(f"mining.guard: the wrapped prior {type(prior).__name__} has no pairs(rows, cols)")
+        if weight is None:
+            weight = getattr(prior, "delta", None)
+            if weight is None:
+                raise ConfigError(f"mining.guard.weight: the wrapped prior {type(prior).__name__} has no delta; give a weight")
         try:
             threshold, weight = float(threshold), float(weight)
         except (TypeError, ValueError) as exc:
@@ -95,12 +99,13 @@ class FalseNegativeGuard:
 
 
 def guard_priors(
-    priors: Sequence[Any], threshold: float | Mapping[str, float] | None, weight: float = 0.25
+    priors: Sequence[Any], threshold: float | Mapping[str, float] | None, weight: float | None = None
 ) -> list[Any]:
     """Wrap every prior in a :class:`FalseNegativeGuard` (``threshold=None``: return them unchanged).
 
     ``threshold`` is one number for all priors or a mapping ``{kind: threshold}`` (e.g. ``{i2i: 0.98, i2l2: 0.9}``),
-    looked up by each prior's ``kind``; a kind missing from the mapping is left unguarded.
+    looked up by each prior's ``kind``; a kind missing from the mapping is left unguarded. ``weight``: the prior a
+    guarded pair gets (``None``: each prior's own δ).
     """
     priors = list(priors)
     if threshold is None:

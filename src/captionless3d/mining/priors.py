@@ -1,4 +1,4 @@
-"""Pairwise prior scores ``l_ij`` between 3D objects, computed from frozen-CLIP embeddings (paper §3-§4, §12.1-3).
+"""Pairwise prior scores ``l_ij`` between 3D objects, computed from frozen-CLIP embeddings (docs/method.md, Priors).
 
 Every function here is pure, works on numpy arrays or torch tensors (the result has the same kind as the first
 argument; torch results stay on the input's device), and computes in float32 (fp16 feature caches are upcast).
@@ -6,16 +6,18 @@ argument; torch results stay on the input's device), and computes in float32 (fp
 Shapes: ``n`` objects of one category, ``V`` rendered views, ``D`` CLIP joint-space dimension, ``L`` landmark
 sentences of that category.
 
-- I2I (§3):   ``l_ij = (cos(ē_i, ē_j) + 1) / 2`` with ``ē`` the per-object mean view embedding.
-- (I2L)² (§4): ``p_i = [cos(ē_i, t_k)]_k`` (the I2L profile of object i against the category's landmarks) and
+- I2I:    ``l_ij = (cos(ē_i, ē_j) + 1) / 2`` with ``ē`` the per-object mean view embedding.
+- (I2L)²: ``p_i = [cos(ē_i, t_k)]_k`` (the I2L profile of object i against the category's landmarks) and
   ``l_ij = 1 / (1 + ‖p_i − p_j‖₂)``.
-- AVG (§5) is not a prior: the loss averages the two *row-normalised weight matrices*, see
+- AVG is not a prior: the loss averages the two *row-normalised weight matrices*, see
   :class:`captionless3d.losses.WeightedDenominatorLoss`.
 
-Best guesses (paper-method.md §12) are the defaults; the alternatives are options, documented per function.
+The defaults are this repository's choices where the paper is not specific (docs/method.md, Choices); the
+alternatives are options, documented per function.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -26,11 +28,18 @@ from captionless3d.errors import ConfigError, DataError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
+#: δ, the prior ``l_ij`` of a pair without one (objects of different categories, or an object without a prior, e.g. a
+#: val/test object): the method's default (docs/method.md). Stores apply it at lookup; it is not part of their cache
+#: key, so changing ``mining.delta`` rebuilds nothing.
+DEFAULT_DELTA = 0.25
+
 AGGREGATES = ("mean_embedding", "mean_pairwise_cosine")
 METRICS = ("l2", "l1", "js")
 PROFILE_NORMS = ("none", "l2")
 
 __all__ = [
+    "DEFAULT_DELTA",
+    "check_delta",
     "AGGREGATES",
     "METRICS",
     "PROFILE_NORMS",
@@ -39,6 +48,17 @@ __all__ = [
     "i2l_profiles",
     "i2l2_prior",
 ]
+
+
+def check_delta(delta: Any) -> float:
+    """``delta`` as a float; :class:`ConfigError` naming ``mining.delta`` unless it is a finite number >= 0."""
+    try:
+        value = float(delta)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"mining.delta: must be a number, got {delta!r}") from exc
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"mining.delta: must be finite and >= 0, got {delta!r}")
+    return value
 
 
 def _to_torch(x: ArrayLike, name: str, ndim: int) -> tuple[torch.Tensor, bool]:
@@ -64,11 +84,11 @@ def mean_view_embedding(
 
     Each view embedding is L2-normalised first, then the V views are averaged.
 
-    - ``"mean_embedding"`` (default, §12.1 best guess): the average is L2-normalised again, so
+    - ``"mean_embedding"`` (default, docs/method.md choice 1): the average is L2-normalised again, so
       ``ē_a · ē_b = cos(ē_a, ē_b)``.
     - ``"mean_pairwise_cosine"``: the average is *not* re-normalised. Then
       ``ē_a · ē_b = (1/V²) Σ_{v,w} cos(e_{a,v}, e_{b,w})``, i.e. exactly the mean cosine over all V×V view pairs
-      (the §3 alternative), and :func:`i2i_prior` of these vectors is ``(mean pairwise cosine + 1)/2``. The self
+      (the alternative), and :func:`i2i_prior` of these vectors is ``(mean pairwise cosine + 1)/2``. The self
       pair is then < 1, which does not matter: the store sets ``l_ii = 1``. (For :func:`i2l_profiles` the vectors
       are normalised again, so both aggregates give the same I2L profiles.)
     """
@@ -84,7 +104,7 @@ def mean_view_embedding(
 
 
 def i2i_prior(mean_emb: ArrayLike) -> ArrayLike:
-    """I2I prior ``(n, D) -> (n, n)``: ``l_ij = (ē_i · ē_j + 1) / 2`` in [0, 1] (paper §3/§6).
+    """I2I prior ``(n, D) -> (n, n)``: ``l_ij = (ē_i · ē_j + 1) / 2`` in [0, 1] (docs/method.md, Priors).
 
     With unit-norm ``ē`` (``aggregate="mean_embedding"``) the dot product is the cosine. Values are clipped into
     [0, 1] against rounding. The diagonal is left as computed (≈1); :class:`PriorStore` sets it to exactly 1.
@@ -101,13 +121,13 @@ def i2l_profiles(
     softmax_temperature: float | None = None,
     profile_norm: Literal["none", "l2"] = "none",
 ) -> ArrayLike:
-    """I2L profiles ``(n, D), (L, D) -> (n, L)``: ``p_ik = cos(ē_i, t_k)`` (§4, §12.2 best guess: raw cosines).
+    """I2L profiles ``(n, D), (L, D) -> (n, L)``: ``p_ik = cos(ē_i, t_k)`` (default: raw cosines, docs/method.md choice 2).
 
-    Options (the paper's choice is unknown, §12.2-3):
+    Options (the paper's choice is not known):
 
     - ``softmax_temperature=T``: return ``softmax(cos / T)`` over the L landmarks instead (a probability profile;
       CLIP's own logit scale corresponds to ``T = 0.01``). Needed for ``metric="js"``.
-    - ``profile_norm="l2"``: L2-normalise each profile (after the optional softmax). §12.3 suggests this if raw
+    - ``profile_norm="l2"``: L2-normalise each profile (after the optional softmax). Worth trying if raw
       profile distances are so small that every ``1/(1+d)`` is nearly equal.
     """
     if profile_norm not in PROFILE_NORMS:
@@ -145,9 +165,9 @@ def _pairwise_js(p: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 
 
 def i2l2_prior(profiles: ArrayLike, metric: Literal["l2", "l1", "js"] = "l2") -> ArrayLike:
-    """(I2L)² prior ``(n, L) -> (n, n)``: ``l_ij = 1 / (1 + d(p_i, p_j))`` (§4; conversion confirmed in code).
+    """(I2L)² prior ``(n, L) -> (n, n)``: ``l_ij = 1 / (1 + d(p_i, p_j))`` (the released code's conversion).
 
-    ``metric``: ``"l2"`` (default, §12.3 best guess) Euclidean distance; ``"l1"`` Manhattan distance; ``"js"``
+    ``metric``: ``"l2"`` (default, docs/method.md choice 2) Euclidean distance; ``"l1"`` Manhattan distance; ``"js"``
     Jensen-Shannon divergence (natural log) between probability profiles, which requires row-stochastic profiles,
     i.e. :func:`i2l_profiles` with ``softmax_temperature`` set (raises :class:`DataError` otherwise).
     """

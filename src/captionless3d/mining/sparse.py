@@ -1,6 +1,6 @@
 """SparsePriorStore: label-free global priors from exact top-k neighbours, O(N·k) memory.
 
-The dense :class:`~captionless3d.mining.PriorStore` keeps one ``n_c × n_c`` matrix per category (paper §3-§6). A
+The dense :class:`~captionless3d.mining.PriorStore` keeps one ``n_c × n_c`` matrix per category (docs/method.md, Priors). A
 label-free (global) prior instead keeps, for each member object, only its ``k`` nearest objects over the *whole*
 collection (:func:`~captionless3d.mining.topk.topk_similar`), mapped to prior weights:
 
@@ -10,7 +10,7 @@ collection (:func:`~captionless3d.mining.topk.topk_similar`), mapped to prior we
 - ``"custom"``: the values are already priors.
 
 :meth:`SparsePriorStore.pairs` returns ``1`` where ``rows[r] == cols[c]``, the stored prior where the pair is
-stored, and ``fallback`` (like the paper's δ = 0.25) for every other pair. With ``symmetric=True`` (default) the
+stored, and ``delta`` (δ, as the dense store; applied at lookup, not part of the cache key) for every other pair. With ``symmetric=True`` (default) the
 pair set is the union of both directions (``j ∈ topk(i)`` or ``i ∈ topk(j)``), so ``l`` stays symmetric like the
 dense priors the loss expects.
 
@@ -20,7 +20,6 @@ Storage: one sorted int64 key array ``row * N + col`` (global indices) and a flo
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -28,22 +27,27 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from captionless3d.errors import CacheError, ConfigError, DataError
-from captionless3d.mining.priors import AGGREGATES, PROFILE_NORMS, chunked_mean_view_embedding, i2l_profiles
+from captionless3d.mining.priors import (
+    AGGREGATES,
+    DEFAULT_DELTA,
+    PROFILE_NORMS,
+    check_delta,
+    chunked_mean_view_embedding,
+    i2l_profiles,
+)
 from captionless3d.mining.topk import topk_similar
 from captionless3d.utils.atomic import atomic_directory, atomic_save_npy
+from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import load_cache_arrays, stable_hash, write_manifest
 
 __all__ = ["SparsePriorStore", "build_sparse_prior", "ensure_sparse_prior", "sparse_options", "SPARSE_KINDS", "prior_from_values"]
 
-log = logging.getLogger(__name__)
-
 SPARSE_KINDS = ("i2i", "i2l2", "custom")
 MANIFEST_KIND = "sparse_prior_store"
 FORMAT_VERSION = 1
-_RESERVED_KEY_FIELDS = ("prior_kind", "prior_options", "fallback", "num_objects", "k")
+_RESERVED_KEY_FIELDS = ("prior_kind", "prior_options", "num_objects", "k")
 _FILES = ("keys.npy", "weights.npy")
 
 
@@ -62,21 +66,11 @@ def prior_from_values(kind: str, values: np.ndarray | torch.Tensor) -> np.ndarra
     raise ConfigError(f"mining.kind: unknown sparse prior kind {kind!r}, expected one of {SPARSE_KINDS}")
 
 
-def _check_fallback(fallback: Any) -> float:
-    try:
-        fallback = float(fallback)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"mining.delta: fallback must be a number, got {fallback!r}") from exc
-    if not (math.isfinite(fallback) and fallback >= 0):
-        raise ConfigError(f"mining.delta: fallback must be finite and >= 0, got {fallback!r}")
-    return fallback
-
-
 class SparsePriorStore:
     """Sparse pairwise priors ``l_ij`` over global object indices with a vectorised :meth:`pairs` lookup.
 
     Build with :meth:`from_topk` or :func:`build_sparse_prior`, or :meth:`load`. Attributes: ``kind``, ``options``,
-    ``fallback`` (alias ``delta``), ``num_objects`` (N), ``k``, ``num_pairs``, ``device``.
+    ``delta``, ``num_objects`` (N), ``k``, ``num_pairs``, ``device``.
     """
 
     def __init__(
@@ -86,14 +80,14 @@ class SparsePriorStore:
         num_objects: int,
         keys: np.ndarray,
         weights: np.ndarray,
-        fallback: float = 0.25,
+        delta: float = DEFAULT_DELTA,
         k: int = 0,
         options: Mapping[str, Any] | None = None,
     ) -> None:
         """Low-level constructor: ``keys`` = sorted unique int64 ``row * N + col``, ``weights`` float32 alike."""
         self.kind = str(kind)
         self.options = dict(options or {})
-        self.fallback = _check_fallback(fallback)
+        self.delta = check_delta(delta)
         self.num_objects = int(num_objects)
         self.k = int(k)
         if self.num_objects < 0 or self.num_objects > 3_037_000_499:  # N² must fit into int64
@@ -112,11 +106,6 @@ class SparsePriorStore:
         self._keys = torch.from_numpy(keys)
         self._weights = torch.from_numpy(weights)
 
-    @property
-    def delta(self) -> float:
-        """Alias of ``fallback`` (the paper's δ for pairs without a prior)."""
-        return self.fallback
-
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_topk(
@@ -127,7 +116,7 @@ class SparsePriorStore:
         kind: str,
         members: np.ndarray | Sequence[int] | None = None,
         num_objects: int | None = None,
-        fallback: float = 0.25,
+        delta: float = DEFAULT_DELTA,
         symmetric: bool = True,
         options: Mapping[str, Any] | None = None,
     ) -> "SparsePriorStore":
@@ -174,22 +163,22 @@ class SparsePriorStore:
         keys, wf = keys[order], wf[order]
         first = np.ones(keys.size, dtype=bool)
         first[1:] = keys[1:] != keys[:-1]
-        return cls(kind=kind, num_objects=num_objects, keys=keys[first], weights=wf[first], fallback=fallback, k=k, options=options)
+        return cls(kind=kind, num_objects=num_objects, keys=keys[first], weights=wf[first], delta=delta, k=k, options=options)
 
     # ------------------------------------------------------------------ lookup
     def pairs(self, rows: torch.Tensor | np.ndarray | Sequence[int], cols: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         """``l`` for every (row, col) pair of global object indices: ``(R,), (C,) -> (R, C)`` float32 on the store's
-        device: 1 on ``rows[r] == cols[c]``, the stored prior for stored pairs, ``fallback`` otherwise."""
+        device: 1 on ``rows[r] == cols[c]``, the stored prior for stored pairs, ``delta`` otherwise."""
         r = self._index(rows, "rows")
         c = self._index(cols, "cols")
         q = r[:, None] * self.num_objects + c[None, :]
         if self._keys.numel() == 0:
-            out = torch.full(q.shape, self.fallback, dtype=torch.float32, device=q.device)
+            out = torch.full(q.shape, self.delta, dtype=torch.float32, device=q.device)
         else:
             pos = torch.searchsorted(self._keys, q.reshape(-1)).reshape(q.shape)
             pos = pos.clamp_(max=self._keys.numel() - 1)
             hit = self._keys[pos] == q
-            out = torch.where(hit, self._weights[pos], torch.full((), self.fallback, dtype=torch.float32, device=q.device))
+            out = torch.where(hit, self._weights[pos], torch.full((), self.delta, dtype=torch.float32, device=q.device))
         return torch.where(r[:, None] == c[None, :], torch.ones((), dtype=torch.float32, device=q.device), out)
 
     __call__ = pairs
@@ -244,27 +233,28 @@ class SparsePriorStore:
     def __repr__(self) -> str:
         return (
             f"SparsePriorStore(kind={self.kind!r}, num_objects={self.num_objects}, k={self.k}, pairs={self.num_pairs}, "
-            f"fallback={self.fallback}, options={self.options}, device={self.device})"
+            f"delta={self.delta}, options={self.options}, device={self.device})"
         )
 
     # ------------------------------------------------------------------ persistence
     @staticmethod
     def manifest_key(
-        kind: str, fallback: float, options: Mapping[str, Any], k: int, key: Mapping[str, Any] | None = None, num_objects: int | None = None
+        kind: str, options: Mapping[str, Any], k: int, key: Mapping[str, Any] | None = None, num_objects: int | None = None
     ) -> dict[str, Any]:
-        """The manifest key a store with these settings is saved under (for ``expected_key`` in :meth:`load`)."""
+        """The manifest key a store with these settings is saved under (for ``expected_key`` in :meth:`load`); δ is
+        not part of it."""
         key = dict(key or {})
         clash = sorted(set(key) & set(_RESERVED_KEY_FIELDS))
         if clash:
             raise ConfigError(f"SparsePriorStore key fields {clash} are reserved (the store records them itself)")
-        out = {**key, "prior_kind": kind, "prior_options": dict(options), "fallback": float(fallback), "k": int(k)}
+        out = {**key, "prior_kind": kind, "prior_options": dict(options), "k": int(k)}
         if num_objects is not None:
             out["num_objects"] = int(num_objects)
         return out
 
     def save(self, directory: str | os.PathLike, key: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write ``keys.npy``, ``weights.npy`` atomically, then the manifest (``key`` + the reserved fields)."""
-        full_key = self.manifest_key(self.kind, self.fallback, self.options, self.k, key, self.num_objects)
+        full_key = self.manifest_key(self.kind, self.options, self.k, key, self.num_objects)
         with atomic_directory(directory) as tmp:  # a failed overwrite leaves the old store loadable
             atomic_save_npy(tmp / "keys.npy", self._keys.cpu().numpy())
             atomic_save_npy(tmp / "weights.npy", self._weights.cpu().numpy())
@@ -280,10 +270,13 @@ class SparsePriorStore:
         directory: str | os.PathLike,
         expected_key: Mapping[str, Any] | None = None,
         *,
+        delta: float = DEFAULT_DELTA,
         device: str | torch.device = "cpu",
         verify_checksums: bool = True,
     ) -> "SparsePriorStore":
-        """Load a saved store; :class:`CacheError` if the manifest is missing/stale or a file is corrupt/inconsistent."""
+        """Load a saved store that looks up ``delta`` for the pairs it does not hold; :class:`CacheError` if the
+        manifest is missing/stale or a file is corrupt/inconsistent."""
+        delta = check_delta(delta)
         directory = Path(directory)
         key, arrays = load_cache_arrays(
             directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, files=_FILES, expected_key=expected_key,
@@ -292,7 +285,7 @@ class SparsePriorStore:
         try:
             store = cls(
                 kind=key["prior_kind"], num_objects=key["num_objects"], keys=arrays["keys.npy"], weights=arrays["weights.npy"],
-                fallback=key["fallback"], k=key["k"], options=key["prior_options"],
+                delta=delta, k=key["k"], options=key["prior_options"],
             )
         except (DataError, ConfigError, TypeError, ValueError) as exc:
             raise CacheError(f"{directory}: inconsistent sparse prior store ({exc})") from exc
@@ -331,7 +324,7 @@ def build_sparse_prior(
     *,
     k: int = 64,
     landmark_emb: Any = None,
-    fallback: float = 0.25,
+    delta: float = DEFAULT_DELTA,
     symmetric: bool = True,
     block_size: int = 4096,
     device: str | torch.device = "cpu",
@@ -374,7 +367,7 @@ def build_sparse_prior(
         ) if mean.shape[0] else torch.zeros(0, lm.shape[0])
         values, indices = topk_similar(profiles, k, block_size=block_size, metric="l2", device=device, progress=progress)
     return SparsePriorStore.from_topk(
-        values, indices, kind=kind, members=members, num_objects=n_all, fallback=fallback, symmetric=symmetric, options=options
+        values, indices, kind=kind, members=members, num_objects=n_all, delta=delta, symmetric=symmetric, options=options
     )
 
 
@@ -387,37 +380,34 @@ def ensure_sparse_prior(
     key: Mapping[str, Any],
     k: int = 64,
     landmark_emb: Any = None,
-    fallback: float = 0.25,
+    delta: float = DEFAULT_DELTA,
     block_size: int = 4096,
     device: str | torch.device = "cpu",
     progress: bool = True,
     **options: Any,
 ) -> SparsePriorStore:
-    """Load the global prior from ``cache_root/<kind>-top<k>-<hash>`` if its manifest matches, else build and save it.
+    """Load the global prior from ``cache_root/<kind>-top<k>-<hash>`` if its manifest matches, else build and save it
+    (:func:`captionless3d.utils.cache.load_or_build`); the store looks up ``delta`` for the pairs it does not hold.
 
     ``key``: the identity of the inputs (e.g. ``{"features": stable_hash(features.key), "data": fingerprint,
     "member_split": "train"}``), recorded in the manifest with the prior settings. ``options``: ``aggregate``,
     ``symmetric``, ``softmax_temperature``, ``profile_norm`` (see :func:`build_sparse_prior`).
     """
     opts = sparse_options(kind, **options)
-    fallback = _check_fallback(fallback)
-    expected = SparsePriorStore.manifest_key(kind, fallback, opts, int(k), key)
+    delta = check_delta(delta)
+    expected = SparsePriorStore.manifest_key(kind, opts, int(k), key)
     directory = Path(cache_root) / f"{kind}-top{int(k)}-{stable_hash(expected)}"
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory) + ".lock"):  # concurrent runs sharing the cache build it once
-        try:
-            store = SparsePriorStore.load(directory, expected_key=expected)
-            log.info("reusing global prior %s", directory)
-            return store
-        except CacheError as exc:
-            if (directory / "manifest.json").exists():
-                log.warning("rebuilding global prior: %s", exc)
+
+    def build() -> SparsePriorStore:
         store = build_sparse_prior(
-            kind, view_emb, member_mask, k=k, landmark_emb=landmark_emb, fallback=fallback, block_size=block_size,
+            kind, view_emb, member_mask, k=k, landmark_emb=landmark_emb, delta=delta, block_size=block_size,
             device=device, progress=progress, **opts_without_metric(opts),
         )
         store.to("cpu").save(directory, key=key)
-    return store.to(device) if torch.device(device).type != "cpu" else store
+        return store.to(device) if torch.device(device).type != "cpu" else store
+
+    return load_or_build(directory, lambda: SparsePriorStore.load(directory, expected_key=expected, delta=delta),
+                         build, what="global prior store")
 
 
 def opts_without_metric(opts: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""PriorStore: the paper's dense per-category prior matrices, with one vectorised pair lookup (paper §3-§6).
+"""PriorStore: the paper's dense per-category prior matrices, with one vectorised pair lookup (docs/method.md).
 
 Layout (exactly as the paper's ``<synset>_similarity_matrix.npy`` / ``<synset>_distance_matrix.npy``, already
 converted to ``l`` in [0, 1]):
@@ -14,8 +14,9 @@ converted to ``l`` in [0, 1]):
 
 - ``1`` where ``rows[r] == cols[c]`` (the same object);
 - the category matrix entry where both objects are members of the same category;
-- ``delta`` (``negative_add`` = 0.25, §6/§12.8) otherwise: cross-category pairs and any pair involving an object
-  without a prior.
+- ``delta`` (δ, :data:`~captionless3d.mining.priors.DEFAULT_DELTA`) otherwise: cross-category pairs and any pair
+  involving an object without a prior. δ is applied at lookup: it is a setting of the loaded store, not part of the
+  saved data or of its cache key.
 
 Objects are identified by their *global* index into the ShapeCollection (the datamodule's ``index``), so the same
 store serves the train, val and test loaders.
@@ -33,23 +34,25 @@ import torch
 from captionless3d.errors import CacheError, ConfigError, DataError
 from captionless3d.mining.priors import (
     AGGREGATES,
+    DEFAULT_DELTA,
     METRICS,
     PROFILE_NORMS,
+    check_delta,
     chunked_mean_view_embedding,
     i2i_prior,
     i2l2_prior,
     i2l_profiles,
 )
 from captionless3d.utils.atomic import atomic_directory, atomic_save_npy
-from captionless3d.utils.manifest import load_cache_arrays, write_manifest
+from captionless3d.utils.cache import load_or_build
+from captionless3d.utils.manifest import load_cache_arrays, stable_hash, write_manifest
 
-__all__ = ["PriorStore", "PRIOR_KINDS", "DEFAULT_DELTA"]
+__all__ = ["PriorStore", "PRIOR_KINDS", "DEFAULT_DELTA", "ensure_prior_store"]
 
 PRIOR_KINDS = ("i2i", "i2l2")
-DEFAULT_DELTA = 0.25
 MANIFEST_KIND = "prior_store"
 FORMAT_VERSION = 1
-_RESERVED_KEY_FIELDS = ("prior_kind", "prior_options", "delta", "num_objects")
+_RESERVED_KEY_FIELDS = ("prior_kind", "prior_options", "num_objects")
 _FILES = ("values.npy", "member_index.npy", "category_labels.npy", "category_sizes.npy")
 
 _OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -84,16 +87,6 @@ def resolve_options(kind: str, **options: Any) -> dict[str, Any]:
     return resolved
 
 
-def _check_delta(delta: float) -> float:
-    try:
-        delta = float(delta)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"mining.delta: must be a number, got {delta!r}") from exc
-    if not (math.isfinite(delta) and delta >= 0):
-        raise ConfigError(f"mining.delta: must be finite and >= 0, got {delta!r}")
-    return delta
-
-
 class PriorStore:
     """Dense per-category pairwise priors ``l_ij`` with a vectorised :meth:`pairs` lookup. See the module docstring.
 
@@ -119,7 +112,7 @@ class PriorStore:
         """Low-level constructor from the flat layout; prefer the classmethods. Validates consistency (DataError)."""
         self.kind = str(kind)
         self.options = dict(options or {})
-        self.delta = _check_delta(delta)
+        self.delta = check_delta(delta)
         self.num_objects = int(num_objects)
         cat_labels = np.asarray(category_labels, dtype=np.int64).reshape(-1)
         sizes = np.asarray(category_sizes, dtype=np.int64).reshape(-1)
@@ -230,20 +223,21 @@ class PriorStore:
         """Compute the paper's priors from teacher embeddings.
 
         Args:
-            kind: ``"i2i"`` (§3: ``(cos(ē_i, ē_j)+1)/2``) or ``"i2l2"`` (§4: ``1/(1+‖p_i−p_j‖₂)``).
+            kind: ``"i2i"`` (``(cos(ē_i, ē_j)+1)/2``) or ``"i2l2"`` (``1/(1+‖p_i−p_j‖₂)``)
+                (docs/method.md, Priors).
             view_emb: ``(N, V, D)`` view embeddings of all N objects (fp16/fp32; a memmap is fine: only members
                 are read, in chunks).
             labels: ``(N,)`` int category labels.
             member_mask: ``(N,)`` bool, True for the objects that get a prior (the student-train split).
             landmark_emb, landmark_labels: ``(L, D)`` landmark text embeddings and their ``(L,)`` category labels;
                 required for ``"i2l2"`` (every member category needs ≥ 1 landmark), ignored for ``"i2i"``.
-            delta: the constant for cross-category / no-prior pairs (paper: 0.25).
+            delta: δ, the prior of cross-category / no-prior pairs (applied at lookup).
             **options: ``aggregate`` ("mean_embedding" | "mean_pairwise_cosine"); for "i2l2" also
                 ``softmax_temperature`` (None = raw cosines), ``profile_norm`` ("none" | "l2"), ``metric``
                 ("l2" | "l1" | "js"). See :mod:`captionless3d.mining.priors`.
         """
         opts = resolve_options(kind, **options)
-        delta = _check_delta(delta)
+        delta = check_delta(delta)
         labels = np.asarray(labels).reshape(-1)
         mask = np.asarray(member_mask).reshape(-1)
         n = labels.size
@@ -360,13 +354,14 @@ class PriorStore:
 
     # ------------------------------------------------------------------ persistence
     @staticmethod
-    def manifest_key(kind: str, delta: float, options: Mapping[str, Any], key: Mapping[str, Any] | None = None, num_objects: int | None = None) -> dict[str, Any]:
-        """The manifest key a store with these settings is saved under (for building ``expected_key`` in :meth:`load`)."""
+    def manifest_key(kind: str, options: Mapping[str, Any], key: Mapping[str, Any] | None = None, num_objects: int | None = None) -> dict[str, Any]:
+        """The manifest key a store with these settings is saved under (for building ``expected_key`` in :meth:`load`).
+        δ is not part of it: the stored matrices do not depend on it."""
         key = dict(key or {})
         clash = sorted(set(key) & set(_RESERVED_KEY_FIELDS))
         if clash:
             raise ConfigError(f"PriorStore key fields {clash} are reserved (the store records them itself)")
-        out = {**key, "prior_kind": kind, "prior_options": dict(options), "delta": float(delta)}
+        out = {**key, "prior_kind": kind, "prior_options": dict(options)}
         if num_objects is not None:
             out["num_objects"] = int(num_objects)
         return out
@@ -376,10 +371,10 @@ class PriorStore:
         overwrite leaves the old store loadable), manifest last (kind ``"prior_store"``).
 
         The manifest key is ``key`` (the caller's identity of the inputs: teacher id, feature-store fingerprint,
-        split, ...; JSON-serialisable) plus ``prior_kind``, ``prior_options``, ``delta`` and ``num_objects``.
+        split, ...; JSON-serialisable) plus ``prior_kind``, ``prior_options`` and ``num_objects`` (not δ).
         Returns the manifest.
         """
-        full_key = self.manifest_key(self.kind, self.delta, self.options, key, self.num_objects)
+        full_key = self.manifest_key(self.kind, self.options, key, self.num_objects)
         payload = {
             "values.npy": self._values[:-1].detach().cpu().numpy(),
             "member_index.npy": self._member_index,
@@ -405,12 +400,14 @@ class PriorStore:
         directory: str | os.PathLike,
         expected_key: Mapping[str, Any] | None = None,
         *,
+        delta: float = DEFAULT_DELTA,
         device: str | torch.device = "cpu",
         verify_checksums: bool = True,
     ) -> "PriorStore":
-        """Load a saved store; :class:`CacheError` if the manifest is missing/stale (any ``expected_key`` field differs,
-        including the reserved ``prior_kind``/``prior_options``/``delta``/``num_objects`` if given) or a file is
-        missing, corrupt or inconsistent."""
+        """Load a saved store that looks up ``delta`` for pairs without a prior; :class:`CacheError` if the manifest is
+        missing/stale (any ``expected_key`` field differs, including the reserved ``prior_kind``/``prior_options``/
+        ``num_objects`` if given) or a file is missing, corrupt or inconsistent."""
+        delta = check_delta(delta)
         directory = Path(directory)
         key, arrays = load_cache_arrays(
             directory, kind=MANIFEST_KIND, version=FORMAT_VERSION, files=_FILES, expected_key=expected_key,
@@ -424,9 +421,44 @@ class PriorStore:
                 category_sizes=arrays["category_sizes.npy"],
                 member_index=arrays["member_index.npy"],
                 values=arrays["values.npy"],
-                delta=key["delta"],
+                delta=delta,
                 options=key["prior_options"],
             )
         except (DataError, ConfigError, TypeError, ValueError) as exc:
             raise CacheError(f"{directory}: inconsistent prior store ({exc})") from exc
         return store.to(device)
+
+
+def ensure_prior_store(
+    cache_root: str | os.PathLike,
+    kind: Literal["i2i", "i2l2"],
+    features: Any,
+    labels: np.ndarray | Sequence[int],
+    member_mask: np.ndarray | Sequence[bool],
+    *,
+    key: Mapping[str, Any],
+    delta: float = DEFAULT_DELTA,
+    **options: Any,
+) -> PriorStore:
+    """The dense store of ``kind`` from ``cache_root/<kind>-<hash>`` if its manifest matches, else built from the
+    feature store (``view_emb``, ``landmark_emb``, ``landmark_labels``) and saved
+    (:func:`captionless3d.utils.cache.load_or_build`). It looks up ``delta`` for pairs without a prior.
+
+    ``key``: the identity of the inputs (feature-store hash, data fingerprint, member split), recorded in the
+    manifest with the kind and the resolved ``options`` (not δ).
+    """
+    kind_options = resolve_options(kind, **options)
+    delta = check_delta(delta)
+    expected = PriorStore.manifest_key(kind, kind_options, key)
+    directory = Path(cache_root) / f"{kind}-{stable_hash(expected)}"
+
+    def build() -> PriorStore:
+        store = PriorStore.build(
+            kind, features.view_emb, labels, member_mask, landmark_emb=features.landmark_emb,
+            landmark_labels=features.landmark_labels, delta=delta, **kind_options,
+        )
+        store.save(directory, key=key)
+        return store
+
+    return load_or_build(directory, lambda: PriorStore.load(directory, expected_key=expected, delta=delta), build,
+                         what="prior store")

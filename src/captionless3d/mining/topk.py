@@ -51,7 +51,6 @@ Everything else is float32 (fp16 inputs, e.g. a memory-mapped feature cache, are
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Literal, Union
@@ -61,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from captionless3d.errors import ConfigError, DataError
+from captionless3d.utils.threads import torch_threads
 
 __all__ = ["topk_similar", "TOPK_METRICS", "pack_keys", "unpack_keys"]
 
@@ -171,7 +171,7 @@ def _cluster_order(blocks: _Blocks, n: int, block_size: int, threads: int = 0) -
     xs = F.normalize(torch.as_tensor(xs).to(device=blocks.device, dtype=torch.float32), dim=1)
     cent = xs[torch.randperm(xs.shape[0], generator=g)[:c].to(blocks.device)]
     for _ in range(_ORDER_ITERS):
-        with _num_threads(threads):
+        with torch_threads(threads):
             assign = torch.mm(xs, cent.T).argmax(1)
         acc = torch.zeros_like(cent).index_add_(0, assign, xs)
         cent = torch.where(acc.norm(dim=1, keepdim=True) > 0, F.normalize(acc, dim=1), cent)
@@ -187,7 +187,7 @@ def _cluster_order(blocks: _Blocks, n: int, block_size: int, threads: int = 0) -
     labels = torch.empty(n, dtype=torch.int64)
     for s in range(0, n, block_size):
         e = min(n, s + block_size)
-        with _num_threads(threads):
+        with torch_threads(threads):
             near = torch.mm(F.normalize(blocks.raw(s, e), dim=1), cent.T).argmax(1)
         labels[s:e] = rank[near].cpu()
     order = torch.argsort(labels, stable=True).numpy()
@@ -303,20 +303,6 @@ def _screen_rows(st: _Running, rs: int, b: int, scores: torch.Tensor, col_ids: t
     rows = rf[h]
     cols = (f[h] - rows * nc) * chunk + (ok - h * chunk)
     st.add(rs, b, rows, pack_keys(vals.view(-1)[ok], col_ids[cols]))
-
-
-@contextlib.contextmanager
-def _num_threads(count: int):
-    """Temporarily ``count`` intra-op threads (``0``: unchanged)."""
-    before = torch.get_num_threads()
-    if not count or count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Threads:
@@ -506,7 +492,7 @@ def topk_similar(
         tuner = tuners.setdefault(kind, _Threads(gemm_threads))
         threads = tuner.pick()
         t0 = time.perf_counter()
-        with _num_threads(threads):
+        with torch_threads(threads):
             out = fn()
         tuner.record(threads, time.perf_counter() - t0, size)
         return out
@@ -518,7 +504,7 @@ def topk_similar(
         elif right is None:
             right = padded(blocks.right(j0, j1))
         scores = buf[: left.shape[0] * right.shape[0]].view(left.shape[0], right.shape[0])
-        with _num_threads(gemm_threads):
+        with torch_threads(gemm_threads):
             torch.mm(left, right.T, out=scores)
         if i1 - i0 < left.shape[0]:
             scores[i1 - i0 :] = -math.inf
@@ -551,7 +537,7 @@ def topk_similar(
     # diagonal blocks use whichever of the two their tuner timed faster. On an idle machine more threads help a
     # little; when other processes hold cores, every parallel step waits at its barrier for a preempted thread
     # (on a loaded 2-core machine that made the screening several times slower than in one thread).
-    with torch.inference_mode(), _num_threads(_SCREEN_THREADS if dev.type == "cpu" else 0):
+    with torch.inference_mode(), torch_threads(_SCREEN_THREADS if dev.type == "cpu" else 0):
         blocks.order = _cluster_order(blocks, n, block_size, gemm_threads)
         ids = torch.arange(n + side, device=dev) if blocks.order is None else torch.from_numpy(blocks.order).to(dev)
         if blocks.order is not None:  # padded positions: any index (their scores are -inf)
@@ -584,7 +570,7 @@ def topk_similar(
         if bar is not None:
             bar.close()
         del buf
-        with _num_threads(gemm_threads):  # one large selection
+        with torch_threads(gemm_threads):  # one large selection
             keys = st.result(None if blocks.order is None else ids[:n])
         del st, ids
         if bool((keys[:, -1] == _EMPTY).any()):

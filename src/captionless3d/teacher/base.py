@@ -14,8 +14,6 @@ surface, so the feature store, the miners and the evaluation never care which on
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -59,30 +57,3 @@ def l2_normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Row-wise L2 normalisation in float32 (embeddings of half-precision models are upcast first)."""
     x = x.float()
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
-
-
-def auto_threads() -> int:
-    """Torch intra-op threads to use now: the cores not already busy (1-minute load average), at least 1.
-
-    On a small shared CPU, OpenMP barriers make every op wait for the slowest thread; with another process on one
-    of the 2 cores, 2 threads measured 4x *slower* per training step than 1 thread (0.73 s vs 2.98 s).
-    """
-    current = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return current
-    free = (os.cpu_count() or current) - int(round(load))
-    return max(1, min(current, free))
-
-
-@contextlib.contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[int]:
-    """Temporarily set torch's intra-op thread count (``None``: :func:`auto_threads`); restored on exit."""
-    previous = torch.get_num_threads()
-    n = auto_threads() if num_threads is None else max(1, int(num_threads))
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(previous)

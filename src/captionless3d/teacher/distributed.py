@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from captionless3d.errors import CacheError, ConfigError
 from captionless3d.teacher.extract import ShardAssembler, commit_shard, encode_chunk, finalise_store, finished_shards, load_chunk
 from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE, DEFAULT_SHARD_SIZE, StorePlan
+from captionless3d.utils.threads import set_torch_threads
 
 log = logging.getLogger("captionless3d.teacher.features")
 
@@ -98,7 +99,7 @@ class FeatureExtractionModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         if self.num_threads is not None:
-            torch.set_num_threads(max(1, int(self.num_threads)))
+            set_torch_threads(max(1, int(self.num_threads)))
 
     def predict_dataloader(self) -> DataLoader:
         mine = rank_shards(self.todo, self.trainer.global_rank, self.trainer.world_size)
@@ -175,10 +176,10 @@ def extract_features_distributed(
     ``devices=1``, ``precision`` ``"16-mixed"`` on GPU / ``"32-true"`` on CPU, no logger, no checkpoints,
     ``use_distributed_sampler=False`` (this module shards by itself).
     """
-    from captionless3d.teacher.features import _start_build, load_feature_store
+    from captionless3d.teacher.features import start_build, load_feature_store
 
     out_dir = Path(out_dir)
-    plan, lm = _start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size, chunk_objects)
+    plan, lm = start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size, chunk_objects)
     done = finished_shards(out_dir, plan, verify=verify_finished)
     todo = [k for k in range(plan.num_shards) if k not in done]
     if done:

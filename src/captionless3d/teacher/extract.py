@@ -376,7 +376,7 @@ def finalise_store(
     over the span from the first shard's start to the last shard's commit, over all ranks; ``run_seconds`` is the
     fallback).
     """
-    import captionless3d
+    from captionless3d.version import __version__
 
     done = finished_shards(directory, plan, verify=False)
     missing = [k for k in range(plan.num_shards) if k not in done]
@@ -429,7 +429,7 @@ def finalise_store(
             "view_angles": angles,
             "collection_fingerprint": str(collection.fingerprint),
             "collection_name": str(getattr(collection, "name", "")),
-            "code_version": str(captionless3d.__version__),
+            "code_version": str(__version__),
             "compute": dict(compute),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },

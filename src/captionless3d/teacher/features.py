@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from captionless3d.errors import CacheError, DataError
-from captionless3d.teacher.base import torch_threads
+from captionless3d.utils.threads import torch_threads
 from captionless3d.teacher.sharded import ShardedArray
 from captionless3d.teacher.store_format import (  # noqa: F401  (re-exported names)
     ARRAY_NAMES,
@@ -51,6 +51,7 @@ from captionless3d.teacher.store_format import (  # noqa: F401  (re-exported nam
     shard_bounds,
     shard_file,
 )
+from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import MANIFEST_NAME, file_sha256, load_manifest
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def build_feature_store(
 
     with torch_threads(num_threads) as threads:
         out_dir = Path(out_dir)
-        plan, lm = _start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size, chunk_objects)
+        plan, lm = start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size, chunk_objects)
         done = finished_shards(out_dir, plan, verify=verify_finished)
         todo = [k for k in range(plan.num_shards) if k not in done]
         if done:
@@ -179,7 +180,7 @@ def build_feature_store(
     return load_feature_store(out_dir, plan.key, verify_checksums=False)
 
 
-def _start_build(collection, teacher, out_dir: Path, prompt_template, landmarks, batch_size, shard_size, chunk_objects):
+def start_build(collection, teacher, out_dir: Path, prompt_template, landmarks, batch_size, shard_size, chunk_objects):
     """Validate the inputs, fix the plan, and drop a stale manifest (the manifest goes last: a crash mid-build must
     never leave an old manifest over new data). Returns ``(plan, resolved landmarks)``."""
     from captionless3d.teacher.extract import make_plan
@@ -349,24 +350,19 @@ def ensure_feature_store(
     A stale store (another key, or format v1) is rebuilt with a warning naming the reason; with
     ``rebuild_stale=False`` it raises ``CacheError`` instead. An existing store is reused whatever its shard size.
     """
-    from filelock import FileLock
-
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     lm = resolve_landmarks(collection, landmarks)
     key = feature_store_key(collection, teacher, prompt_template=prompt_template, landmarks=lm)
-    with FileLock(str(out_dir) + ".lock"):
-        if (out_dir / MANIFEST_NAME).is_file():
-            try:
-                return load_feature_store(out_dir, key, verify_checksums=verify_checksums)
-            except CacheError as exc:
-                if not rebuild_stale:
-                    raise
-                log.warning("feature store %s is stale or corrupt (%s); rebuilding", out_dir, exc)
-        return build_feature_store(
+    return load_or_build(
+        out_dir,
+        lambda: load_feature_store(out_dir, key, verify_checksums=verify_checksums),
+        lambda: build_feature_store(
             collection, teacher, out_dir, prompt_template=prompt_template, landmarks=lm, batch_size=batch_size,
             progress=progress, num_threads=num_threads, shard_size=shard_size,
-        )
+        ),
+        what="feature store",
+        rebuild_stale=rebuild_stale,
+    )
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Import and export of precomputed teacher image embeddings in the peers' layouts (ecosystem.md §1b-3, §1f).
+"""Import and export of precomputed teacher image embeddings in the peers' layouts (the paper's released
+per-view ``.pth`` files, OpenShape's ``image_feat``).
 
 * The paper's ("No Captions, No Problem") per-view files: ``emb_root/{synset}/{model}/{synset}-{model}_r_{AAA}.pth``,
   ``torch.save`` of a float32 ``(1, D)`` tensor per view (``AAA`` = ULIP azimuth, 000..348 step 12). Read by
@@ -28,6 +29,7 @@ import numpy as np
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE, DEFAULT_SHARD_SIZE, StorePlan
 from captionless3d.utils.atomic import atomic_open, atomic_write_json, atomic_write_with
+from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import MANIFEST_NAME
 
 ULIP_ANGLES = tuple(range(0, 360, 12))
@@ -98,22 +100,14 @@ def import_view_embeddings(
 
 def ensure_imported_feature_store(collection: Any, teacher: Any, out_dir: str | os.PathLike, **kwargs: Any) -> Any:
     """Reuse the store in ``out_dir`` if it matches, else :func:`import_view_embeddings` (under ``out_dir.lock``)."""
-    from filelock import FileLock
-
-    from captionless3d.errors import CacheError
     from captionless3d.teacher.features import feature_store_key, load_feature_store
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     key = feature_store_key(collection, teacher, prompt_template=kwargs.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
                             landmarks=kwargs.get("landmarks"))
-    with FileLock(str(out_dir) + ".lock"):
-        if (out_dir / MANIFEST_NAME).is_file():
-            try:
-                return load_feature_store(out_dir, key)
-            except CacheError:
-                pass
-        return import_view_embeddings(collection, teacher, out_dir, **kwargs)
+    return load_or_build(out_dir, lambda: load_feature_store(out_dir, key),
+                         lambda: import_view_embeddings(collection, teacher, out_dir, **kwargs),
+                         what="imported feature store")
 
 
 def _view_azimuths(store: Any, angles: Sequence[int] | None) -> list[int]:
@@ -140,7 +134,7 @@ def export_paper_embeddings(store: Any, collection: Any, emb_root: str | os.Path
     """
     import torch
 
-    from captionless3d.data.readers.nocaptions import _model_name
+    from captionless3d.data.readers.nocaptions import synset_and_model
 
     azimuths = _view_azimuths(store, angles)
     keys = list(getattr(collection, "category_keys", collection.categories))
@@ -150,7 +144,7 @@ def export_paper_embeddings(store: Any, collection: Any, emb_root: str | os.Path
     written = 0
     for start, stop, block in _iter_blocks(store.view_emb):
         for j in range(stop - start):
-            synset, model = _model_name(collection, start + j, keys)
+            synset, model = synset_and_model(collection, start + j, keys)
             for v, a in enumerate(azimuths):
                 vec = torch.from_numpy(np.asarray(block[j, v], np.float32)[None].copy())
                 atomic_write_with(root / synset / model / f"{synset}-{model}_r_{a:03d}.pth", lambda p, t=vec: torch.save(t, p))
@@ -170,7 +164,7 @@ def export_openshape_image_feat(
     ``category``, ``xyz`` float16 ``(P, 3)`` from ``collection.points``, ``rgb`` constant 0.4 as OpenShape feeds,
     ``image_feat`` float32 ``(V, D)`` from the store) and the split JSON ``{root}/{split_file}`` (``id``, ``dataset``,
     ``group``, ``category``, ``data_path``). ``group`` = the category key. Returns the split file's path."""
-    from captionless3d.data.readers.nocaptions import _model_name
+    from captionless3d.data.readers.nocaptions import synset_and_model
 
     root = Path(root)
     if len(collection.object_ids) != len(store.view_emb):
@@ -180,7 +174,7 @@ def export_openshape_image_feat(
     for start, stop, block in _iter_blocks(store.view_emb):
         for j in range(stop - start):
             i = start + j
-            group, _ = _model_name(collection, i, keys)
+            group, _ = synset_and_model(collection, i, keys)
             uid = str(collection.object_ids[i])
             if any(c in uid for c in "/\\") or uid.startswith("."):
                 raise DataError(f"object id {uid!r} cannot be an OpenShape file name")

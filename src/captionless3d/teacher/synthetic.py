@@ -21,10 +21,8 @@ Photos: a web-trained CLIP has seen photos of everything; this one has only ~1k 
 second image of every object from the *other* domain (a render for a photo, a photo for a render; photos include
 the same photos with their background masked to black, the "w/o background" query domain), both images get the
 caption loss, and an image-image InfoNCE between the pair (weight ``cross_domain_weight``, as SLIP adds
-self-supervision to CLIP) teaches the photo/render invariance. Measured on the default world (320 held-out objects,
-one photo or view each): captions only (20 epochs): category zero-shot 59 % on renders, 11 % on photos, 7 % on
-masked photos, photo->object retrieval R@1 1.2 % (masked 0.3 %, chance 0.3 %); with the pair term (weight 0.25,
-40 epochs): 58 % / 28 % / 39 %, R@1 13.0 % (masked 19.2 %).
+self-supervision to CLIP) teaches the photo/render invariance: without it the teacher classifies photos barely above
+chance and cannot retrieve objects from photos (the measurements: docs/method.md, Measured tuning notes).
 """
 from __future__ import annotations
 
@@ -41,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from captionless3d.errors import CacheError, ConfigError, DataError
-from captionless3d.teacher.base import torch_threads
+from captionless3d.utils.cache import load_or_build
+from captionless3d.utils.threads import torch_threads
 from captionless3d.teacher.openclip import OpenCLIPTeacher, create_teacher, load_model_config, register_model_config
 from captionless3d.utils.atomic import atomic_write_json, atomic_write_with
 from captionless3d.utils.manifest import load_manifest, stable_hash, write_manifest
@@ -55,22 +54,17 @@ MANIFEST_VERSION = 1
 
 #: The default architecture: an ordinary ``open_clip.model.CLIP`` config whose image tower is OpenCLIP's
 #: ``ModifiedResNet`` (the CLIP-RN design: 3-conv stem, one bottleneck per stage, attention pooling) at 64x64, and
-#: a 3-layer text transformer with the real OpenCLIP BPE vocabulary. A tiny ViT (patch 8, width 128, 4 layers) was
-#: tried first: at the same training budget it reached ~33% zero-shot category accuracy where this ResNet reached
-#: ~85% (a convolutional prior matters when training from scratch on ~1k objects for a few hundred steps).
+#: a 3-layer text transformer with the real OpenCLIP BPE vocabulary. Convolutional, not a ViT: a convolutional prior
+#: matters when training from scratch on ~1k objects for a few hundred steps (docs/method.md, Measured tuning notes).
 SYNTHETIC_CLIP_TINY: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 24, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3, "mlp_ratio": 4.0},
 }
 
-#: Training defaults for the default synthetic world (960 teacher objects, 16 categories, 64x64): 76.8k images, 598 s
-#: measured with one thread on the shared 2-core CPU. Tuning: batch 32 beat 64 at equal compute (59% vs 50% view
-#: zero-shot category), word dropout 0.5 beat none (50% vs 41%), drawing photos half the time hurt views (27%)
-#: without helping photos. The cross-domain pair term (masked photo -> object R@1 over 320 test objects, chance
-#: 0.3%; render zero-shot in brackets): weight 1.0 at 20 epochs 10.9% (28%), 0.5 at 30 epochs 17.5% (47%), 0.25 at
-#: 30 epochs 16.7% (53%), 0.5 at 40 epochs 20.8% (53%), 0.25 at 40 epochs 19.2% (58%, the default); a twice-as-wide
-#: image tower (width 48) at 20 epochs was worse (9.1%, 25%) and 3x slower.
+#: Training defaults for the default synthetic world (960 teacher objects, 16 categories, 64x64; 76.8k images, about
+#: 10 min with one thread on the 2-core CPU). Each value is the one that served both the render zero-shot accuracy
+#: and the photo->object retrieval best among the settings measured (docs/method.md, Measured tuning notes).
 DEFAULT_TRAIN: dict[str, Any] = {
     "epochs": 40,
     "batch_size": 32,
@@ -82,8 +76,8 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "word_dropout": 0.5,
     "photo_share": None,
     # probability that a drawn *render* gets its white background replaced (half black, as the "w/o background"
-    # masked photos; half a random colour gradient, as photos). Off by default: at 0.5 on the default world, render
-    # zero-shot accuracy fell from 59% to 21% while masked-photo accuracy rose only from 7% to 14%.
+    # masked photos; half a random colour gradient, as photos). Off by default: it cost render zero-shot accuracy far
+    # more than it gained on masked photos (docs/method.md, Measured tuning notes).
     "background_swap": 0.0,
     # weight of an image-image InfoNCE term between two images of the same object from different domains (a render
     # and a photo), as SLIP adds self-supervision to CLIP; both images also get the caption loss. 0 = captions only.
@@ -558,8 +552,6 @@ def ensure_synthetic_teacher(
     manifest key holds the fingerprint of the world's ``split`` (plus the image domains) and the config/hyper-parameter hash.
     After training, zero-shot accuracy on ``eval_split`` is stored in the manifest's ``extra``.
     """
-    from filelock import FileLock
-
     unknown = set(train_cfg) - set(DEFAULT_TRAIN) - {"seed", "max_steps"}
     if unknown:
         raise ConfigError(f"teacher: unknown synthetic-teacher training option(s) {sorted(unknown)}")
@@ -584,14 +576,9 @@ def ensure_synthetic_teacher(
     hparams = _normalise_hparams(**hparams, image_weights=weights, render_views=n_views)
     key = _manifest_key(data_fp, model_name, cfg, hparams)
     out_dir = Path(out_root) / f"{model_name}-{stable_hash(key, 12)}"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out_dir) + ".lock"):
-        if (out_dir / "manifest.json").is_file():
-            try:
-                return load_synthetic_teacher(out_dir, key=key, device=device)
-            except CacheError as exc:
-                log.warning("synthetic teacher cache %s is unusable (%s); retraining", out_dir, exc)
-                (out_dir / "manifest.json").unlink(missing_ok=True)
+
+    def train() -> Any:
+        (out_dir / "manifest.json").unlink(missing_ok=True)  # a stale teacher is retrained from scratch
         images, captions = teacher_training_data(world, split, masked_photos=masked)
         train_synthetic_teacher(
             images, captions, out_dir, model_config=cfg, model_name=model_name, data_fingerprint=data_fp,
@@ -609,3 +596,6 @@ def ensure_synthetic_teacher(
             atomic_write_json(manifest_path, manifest)  # extra is not covered by checksums or the key
             log.info("synthetic teacher zero-shot on %s: %s", eval_split, metrics)
         return teacher
+
+    return load_or_build(out_dir, lambda: load_synthetic_teacher(out_dir, key=key, device=device), train,
+                         what="synthetic teacher")

@@ -11,6 +11,11 @@ failed write raises :class:`~captionless3d.errors.CheckpointError` naming the fi
 
 Loading (``ckpt_path=last``) defaults to ``torch.load(weights_only=True)``: a resumed checkpoint is never unpickled
 as arbitrary Python (our checkpoints hold only tensors, numbers, strings and containers).
+
+This module is also the one owner of reading checkpoints outside Lightning: :func:`load_checkpoint` (validated
+metadata and format version), :func:`encoder_state` / :func:`load_encoder_weights` (the student's ``encoder.*``
+weights) and :func:`best_checkpoints` (the validation-selected checkpoints under an output directory). Evaluation,
+the Python API, the demo and the export all read checkpoints through these functions.
 """
 from __future__ import annotations
 
@@ -22,7 +27,10 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from captionless3d.errors import CheckpointError
+from captionless3d.training.module import CHECKPOINT_FORMAT_VERSION
 from captionless3d.utils.atomic import atomic_write_with
+
+__all__ = ["AtomicCheckpointIO", "best_checkpoints", "encoder_state", "load_checkpoint", "load_encoder_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +64,58 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(text.removeprefix("file://"))
         log.debug("saving checkpoint atomically: %s", target)
         atomic_write_with(target, lambda tmp: torch.save(checkpoint, tmp), error=CheckpointError)
+
+
+# ---------------------------------------------------------------------------------------------------------- reading
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A captionless3d training checkpoint, loaded on the CPU with ``weights_only=True``.
+
+    Checks that it carries the ``captionless3d`` metadata (teacher id and dim, data fingerprint, experiment, resolved
+    training config, ``format_version``) and a ``state_dict``, and that its format version is one this code reads.
+    Raises :class:`CheckpointError` naming the file: missing, unreadable / truncated, not ours, or too new.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated/corrupt file or a non-checkpoint pickle
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    meta = checkpoint.get("captionless3d") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a captionless3d training checkpoint (no 'captionless3d' metadata)")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r} is newer than this code reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade captionless3d"
+        )
+    return checkpoint
+
+
+def encoder_state(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
+    """The point encoder's weights (the ``encoder.*`` entries of the Lightning ``state_dict``, prefix removed)."""
+    prefix = "encoder."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"{path}: no 'encoder.*' weights in the checkpoint's state_dict")
+    return state
+
+
+def load_encoder_weights(encoder: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load the ``encoder.*`` weights of the training checkpoint ``path`` into ``encoder`` (in place; returned).
+
+    Raises :class:`CheckpointError` when the file is not a readable captionless3d checkpoint or its weights do not
+    fit ``encoder`` (missing or unexpected keys).
+    """
+    state = encoder_state(load_checkpoint(path), path)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
+    return encoder
+
+
+def best_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Every validation-selected checkpoint (``checkpoints/best*.ckpt``) under ``<output_dir>/train``, oldest first
+    (by modification time)."""
+    return sorted((Path(output_dir) / "train").glob("**/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from captionless3d.data.pointcloud import normalize_unit_sphere, random_rotate, random_subset
+from captionless3d.data.pointcloud import normalise_unit_sphere, random_rotate, random_subset
 from captionless3d.errors import ConfigError, DataError
 
 
@@ -96,7 +96,7 @@ class PointViewDataset(Dataset):
         if self.seed is not None:
             generator = torch.Generator().manual_seed(int(self.seed * 1_000_003 + int(global_index.sum())))
         points = random_subset(points, self.n_points, generator)
-        points = normalize_unit_sphere(points)
+        points = normalise_unit_sphere(points)
         points = random_rotate(points, self.rotation_degrees, generator)
         n_views = self.view_emb.shape[1]
         if self.random_view:
@@ -178,7 +178,7 @@ class PointViewDataModule(L.LightningDataModule):
 
         For the hard-group sampler (``sampler`` set) also the mined neighbours: either ``priors`` (the prior stores;
         the module computes each train object's ``sampler.topk`` most similar same-category train objects with
-        :func:`~captionless3d.training.sampler.neighbours_from_prior`) or ready ``neighbours`` (``(n_train, k)``
+        :func:`~captionless3d.mining.neighbours.neighbours_from_prior`) or ready ``neighbours`` (``(n_train, k)``
         dataset positions into ``collection.indices(train_split)``, ``-1`` = none). Ignored when the sampler is off.
         """
         if view_emb.shape[0] != collection.points.shape[0]:
@@ -198,7 +198,7 @@ class PointViewDataModule(L.LightningDataModule):
                     )
                 self.neighbours = neighbours
             elif priors:
-                from captionless3d.training.sampler import neighbours_from_prior
+                from captionless3d.mining.neighbours import neighbours_from_prior
 
                 self.neighbours = neighbours_from_prior(
                     priors, collection.indices(self.train_split), self.sampler_config["topk"]

@@ -22,7 +22,7 @@ class CaptionlessModule(L.LightningModule):
         priors: prior stores used by the loss (empty: plain InfoNCE; two: AVG). Not saved in the checkpoint; they
             are rebuilt from the cached prior store whose manifest the checkpoint's metadata names.
         lr, min_lr, weight_decay, warmup_epochs: Adam with coupled L2 decay; per-step linear warm-up then cosine
-            (paper §8).
+            (docs/method.md, Training).
         loss_weight_decay: whether the decay also applies to the loss's own parameters (the logit scale and bias).
             The paper's optimiser decays every parameter, which pulls the scale towards 0 (a warmer softmax);
             ``False`` leaves them undecayed, as CLIP does (docs/student_gap.md).

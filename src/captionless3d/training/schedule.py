@@ -1,4 +1,4 @@
-"""The paper's per-step learning-rate schedule (paper-method.md §8)."""
+"""The paper's per-step learning-rate schedule (docs/method.md, Training)."""
 from __future__ import annotations
 
 import math

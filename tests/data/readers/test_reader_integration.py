@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from captionless3d.data.datamodule import PointViewDataModule
+from captionless3d.training.datamodule import PointViewDataModule
 from captionless3d.data.readers import read_pix3d, read_ulip_shapenet
 from captionless3d.teacher.features import build_feature_store
 from fixtures.formats import write_pix3d, write_ulip_shapenet

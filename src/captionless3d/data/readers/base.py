@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from captionless3d.data.collection import SPLITS, SplitIndexMixin
+from captionless3d.data.pointcloud import normalise_unit_sphere
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.utils.manifest import file_sha256, stable_hash
 
@@ -240,18 +242,18 @@ def files_fingerprint(files: Iterable[str | os.PathLike], root: str | os.PathLik
 # --------------------------------------------------------------------------------------------- points
 
 
-def normalize_points(xyz: np.ndarray, source: str) -> np.ndarray:
-    """Centre on the centroid and scale into the unit sphere (ULIP ``pc_norm``); float32."""
+def normalise_cloud(xyz: np.ndarray, source: str) -> np.ndarray:
+    """One raw cloud ``(P, 3)`` -> float32, centred and scaled into the unit sphere
+    (:func:`captionless3d.data.pointcloud.normalise_unit_sphere`, ULIP's ``pc_norm``). Raises :class:`DataError`
+    naming ``source`` for a degenerate cloud (all points identical)."""
     xyz = np.asarray(xyz, dtype=np.float64)
     # scale by the extent first: squaring raw coordinates overflowed (1e169 -> a silent all-zero cloud) and the rounding
     # of the mean of identical large values (1e30) passed a single repeated point off as a valid cloud
     extent = float(np.ptp(xyz, axis=0).max()) if len(xyz) else 0.0
     if not (np.isfinite(extent) and extent > 0):
         raise DataError(f"{source}: degenerate point cloud (all points identical or extent {extent})")
-    centred = (xyz - xyz.min(axis=0)) / extent
-    centred -= centred.mean(axis=0, keepdims=True)
-    radius = float(np.sqrt((centred ** 2).sum(axis=1)).max())
-    return (centred / radius).astype(np.float32)
+    scaled = torch.from_numpy((xyz - xyz.min(axis=0)) / extent)
+    return normalise_unit_sphere(scaled[None])[0].numpy().astype(np.float32)
 
 
 def prepare_points(raw: Any, source: str, n_points: int | None, rng: np.random.Generator | None = None,
@@ -279,7 +281,7 @@ def prepare_points(raw: Any, source: str, n_points: int | None, rng: np.random.G
             else:
                 rng = rng if rng is not None else np.random.default_rng(0)
                 xyz = xyz[np.sort(rng.choice(available, n_points, replace=False))]
-    return normalize_points(xyz, source)
+    return normalise_cloud(xyz, source)
 
 
 def stack_points(clouds: Sequence[np.ndarray], sources: Sequence[str], name: str) -> np.ndarray:
@@ -339,7 +341,9 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
 
-def _resize_crop(img, size: int, resample):
+def resize_crop(img, size: int, resample):
+    """A PIL image with its shorter side resized to ``size`` (``resample`` filter), then centre-cropped to
+    ``size × size`` (the teacher's preprocessing, applied to every image a reader or the API loads)."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -360,7 +364,7 @@ def load_rgb(path: str | os.PathLike, size: int, *, background: tuple[int, int, 
             rgba = img.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, (*background, 255))
             img = Image.alpha_composite(canvas, rgba)
-        img = _resize_crop(img.convert("RGB"), size, Image.BICUBIC)
+        img = resize_crop(img.convert("RGB"), size, Image.BICUBIC)
         return np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from exc
@@ -375,7 +379,7 @@ def load_mask(path: str | os.PathLike, size: int, *, like: tuple[int, int] | Non
     if like is not None and img.size != tuple(like):
         raise DataError(f"{path}: mask is {img.size[0]}x{img.size[1]} but its photo is {like[0]}x{like[1]}")
     try:
-        gray = _resize_crop(img.convert("L"), size, Image.NEAREST)
+        gray = resize_crop(img.convert("L"), size, Image.NEAREST)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode mask ({exc})") from exc
     return np.asarray(gray) > 127

@@ -1,6 +1,6 @@
 """ModelNet40 zero-shot test set, evaluation only (every object is in split ``"test"``).
 
-Two layouts (docs: shared/reference/ecosystem.md §1c):
+Two layouts:
 
 * ``format="dat"`` (ULIP / Point-BERT, the paper's file): ``root/modelnet40_shape_names.txt`` (40 underscored names,
   label order) and ``root/modelnet40_{split}_8192pts_fps.dat`` = ``pickle.dump([points, labels])`` with ``points`` a

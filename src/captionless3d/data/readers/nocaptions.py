@@ -1,4 +1,4 @@
-"""The "No Captions, No Problem" reference layout (ecosystem.md §1b-3, paper-method.md §1, §3, §4): import and export.
+"""The "No Captions, No Problem" reference layout (the released data of docs/method.md): import and export.
 
 ::
 
@@ -240,12 +240,14 @@ def _groups(collection: Any) -> dict[str, list[int]]:
     keys = list(getattr(collection, "category_keys", collection.categories))
     groups: dict[str, list[tuple[str, int]]] = {}
     for i, oid in enumerate(collection.object_ids):
-        synset, model = _model_name(collection, i, keys)
+        synset, model = synset_and_model(collection, i, keys)
         groups.setdefault(synset, []).append((model, i))
     return {s: [i for _, i in sorted(v)] for s, v in groups.items()}
 
 
-def _model_name(collection: Any, i: int, keys: Sequence[str]) -> tuple[str, str]:
+def synset_and_model(collection: Any, i: int, keys: Sequence[str]) -> tuple[str, str]:
+    """``(synset, model id)`` of object ``i`` in the paper's layout, made safe for file names (``keys``: the synset
+    of each category label)."""
     synset = str(keys[int(collection.labels[i])])
     oid = str(collection.object_ids[i])
     model = oid.split("-", 1)[1] if oid.startswith(f"{synset}-") else oid
@@ -302,7 +304,7 @@ def export_nocaptions(
         if view_emb.shape[:2] != (len(collection), len(angles)):
             raise DataError(f"view_emb has shape {view_emb.shape}, expected ({len(collection)}, {len(angles)}, D)")
     for i in range(len(collection)):
-        synset, model = _model_name(collection, i, keys)
+        synset, model = synset_and_model(collection, i, keys)
         cloud = torch.from_numpy(np.ascontiguousarray(np.asarray(collection.points[i], np.float32)))
         atomic_write_with(pc_root / synset / model / POINTS_FILE, lambda p, c=cloud: torch.save(c, p))
         if view_emb is not None:

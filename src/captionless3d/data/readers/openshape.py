@@ -1,4 +1,4 @@
-"""OpenShape data (ecosystem.md §1f): per-shape ``.npy`` dicts read through the restricted unpickler.
+"""OpenShape data: per-shape ``.npy`` dicts read through the restricted unpickler.
 
 * :func:`read_openshape`: a split JSON (``meta_data/split/train_all.json``-style ``{"id", "dataset", "group",
   "data_path"}`` or ``lvis.json``-style ``{"uid", "category", "group", "data_path"}``). ``data_path`` holds the

@@ -1,4 +1,4 @@
-"""Pix3D (shared/reference/ecosystem.md §1e, paper-method.md §9.3): one object per ``pix3d.json`` entry.
+"""Pix3D (the retrieval benchmark of docs/method.md, Evaluation protocols): one object per ``pix3d.json`` entry.
 
 Each entry is one (photo, shape) pair: ``photos`` ``(N, 1, S, S, 3)`` uint8 (the raw image, shorter side resized to
 ``image_size`` and centre-cropped), ``masks`` ``(N, 1, S, S)`` bool (the entry's mask, same geometry; "w/o
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from captionless3d.data.readers.base import (LazyArray, Problems, ReaderCollection, check_image, check_image_size,
-                                              files_fingerprint, load_mask, load_rgb, normalize_points, object_rng,
+                                              files_fingerprint, load_mask, load_rgb, normalise_cloud, object_rng,
                                               read_json, require_dir)
 from captionless3d.errors import ConfigError, DataError
 
@@ -110,7 +110,7 @@ def read_pix3d(
             if isinstance(meshes[key], DataError):
                 raise DataError(f"{where}: {meshes[key]}")
             pts, _ = trimesh.sample.sample_surface(meshes[key], int(n_points), seed=object_rng(seed, entry["img"]))
-            cloud = normalize_points(np.asarray(pts), str(model))
+            cloud = normalise_cloud(np.asarray(pts), str(model))
             photo = None if lazy else load_rgb(img, image_size, background=None)
             pmask = None if lazy else load_mask(mask, image_size, like=size)
         except DataError as exc:

@@ -1,4 +1,4 @@
-"""ScanObjectNN h5 files (shared/reference/ecosystem.md §1d).
+"""ScanObjectNN h5 files.
 
 Each file has ``data`` float32 (N, 2048, 3), ``label`` (N,) integer and optionally a per-point ``mask`` (N, 2048)
 (background points). Variants are chosen by name:

@@ -1,4 +1,4 @@
-"""ULIP ShapeNet-55 (and ULIP-2 triplets): point clouds + renders, the paper's training data (ecosystem.md §1a-1b).
+"""ULIP ShapeNet-55 (and ULIP-2 triplets): point clouds + renders, the paper's training data.
 
 ShapeNet layout (``read_ulip_shapenet``)::
 
@@ -10,7 +10,7 @@ ShapeNet layout (``read_ulip_shapenet``)::
     root/captions/...                              ignored (the student never sees captions)
 
 Objects = the union of the list files (ULIP trains on train+test), minus ``drop_synsets`` (default 02992529, dropped
-by the paper as a duplicate of 04401088). Splits follow the paper (paper-method.md §1): per synset, model ids sorted,
+by the paper as a duplicate of 04401088). Splits follow the paper's released code: per synset, model ids sorted,
 the first ``int(n * (1 - val_split - test_split))`` are ``"train"``, the last ``int(n * test_split)`` ``"test"``, the
 rest ``"val"``; the split is computed on every listed id before bad objects are dropped, so it never shifts.
 ``categories`` are the first taxonomy synonym ("airplane"); ``category_keys`` the synset ids.

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from filelock import FileLock
 
 from captionless3d.data.collection import SPLITS, SplitIndexMixin
 from captionless3d.data.synthetic.scene import COLOUR_MODES, make_object, render_objects, view_angles
@@ -25,6 +24,7 @@ from captionless3d.data.synthetic.shapes import ALL_CATEGORIES, CATEGORIES, DEFA
 from captionless3d.data.synthetic.texts import make_landmarks
 from captionless3d.errors import CacheError, ConfigError
 from captionless3d.utils.atomic import atomic_save_npy, atomic_write_json
+from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import MANIFEST_NAME, load_manifest, stable_hash, write_manifest
 
 FORMAT_VERSION = 1
@@ -150,23 +150,21 @@ def _build_env() -> Iterator[None]:
     * glibc returns big freed blocks to the OS and page-faults them back on the next allocation; on small VMs that
       dominated the rasteriser (20-50x slower). Keep freed memory in the heap during the build.
     """
-    import torch
+    from captionless3d.utils.threads import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, (1 << 31) - 1)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        libc, ok = None, False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        if libc is not None and ok:
-            libc.mallopt(-3, 128 * 1024)
-            libc.mallopt(-1, 128 * 1024)
-            libc.malloc_trim(0)
+    with torch_threads(1):
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            ok = libc.mallopt(-3, 1 << 30) and libc.mallopt(-1, (1 << 31) - 1)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        except (OSError, AttributeError):
+            libc, ok = None, False
+        try:
+            yield
+        finally:
+            if libc is not None and ok:
+                libc.mallopt(-3, 128 * 1024)
+                libc.mallopt(-1, 128 * 1024)
+                libc.malloc_trim(0)
 
 
 def _object_plan(params: dict[str, Any]) -> list[tuple[str, str, int]]:
@@ -188,14 +186,6 @@ def _build_chunk(params: dict[str, Any], jobs: list[tuple[str, str, int]]):
     recs = [{"object_id": o.object_id, "category": o.category, "subtype": CATEGORIES[o.category].subtypes[o.subtype],
              "subtype_index": o.subtype, "split": o.split, "attributes": o.attributes, "captions": o.captions} for o in objs]
     return pts, views, photos, masks, recs
-
-
-def _is_complete(directory: Path, params: dict[str, Any]) -> bool:
-    try:
-        load_manifest(directory, kind=KIND, version=FORMAT_VERSION, key=world_key(params), verify_checksums=False)
-        return True
-    except CacheError:
-        return False
 
 
 def build_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[str] | str | None = None,
@@ -221,11 +211,16 @@ def build_world(root: str | os.PathLike, *, seed: int = 0, categories: Sequence[
     except OSError as exc:
         raise ConfigError(f"root: cannot create directory {root}: {exc}") from exc
     out = world_dir(root, params)
-    with FileLock(str(root / f".{out.name}.lock")):
-        if _is_complete(out, params):
-            return out
+
+    def complete() -> Path:
+        load_manifest(out, kind=KIND, version=FORMAT_VERSION, key=world_key(params), verify_checksums=False)
+        return out
+
+    def build() -> Path:
         _build_into(out, params, workers, progress)
-    return out
+        return out
+
+    return load_or_build(out, complete, build, what="synthetic world", lock=root / f".{out.name}.lock")
 
 
 def _build_into(out: Path, params: dict[str, Any], workers: int, progress: bool) -> None:
@@ -276,9 +271,9 @@ def _build_into(out: Path, params: dict[str, Any], workers: int, progress: bool)
 
 
 def _worker_init() -> None:
-    import torch
+    from captionless3d.utils.threads import set_torch_threads
 
-    torch.set_num_threads(1)
+    set_torch_threads(1)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)
