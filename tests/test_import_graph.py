@@ -37,6 +37,7 @@ LAYERS: tuple[str, ...] = (
     "reproduce",
     "api",
     "export",
+    "hub",
 )
 
 #: Applications on top of the library: nothing in the library imports them. (``__main__`` modules are entry points

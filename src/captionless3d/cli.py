@@ -4,6 +4,7 @@
     captionless3d index DIR --ckpt C --out I [--batch-size 32] [--no-thumbnails] [--skip-bad]
     captionless3d search (--image P | --text T | --points F) --index I [--ckpt C] [-k 5]
     captionless3d export --ckpt C --format torchscript|onnx|safetensors --out DIR
+    captionless3d export --ckpt C --format hf --out DIR     (a Hugging Face Hub model directory: captionless3d.hub)
     captionless3d train|eval|features [hydra overrides ...]    (e.g. captionless3d train experiment=avg)
 
 Results are printed as tables (rank, score, label / path). Errors the user can fix (a missing file, an unreadable
@@ -101,7 +102,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from captionless3d.export import export
 
-    result = export(args.ckpt, args.format, args.out)
+    if "hf" in args.format:  # its own layout (model.safetensors, config.json, README.md): not mixed with the others
+        from captionless3d.errors import ConfigError
+        from captionless3d.hub import export_hf
+
+        if len(args.format) > 1:
+            raise ConfigError("export: --format hf writes its own directory layout; export it alone")
+        result = export_hf(args.ckpt, args.out)
+    else:
+        result = export(args.ckpt, args.format, args.out)
     print(f"{', '.join(args.format)}: wrote {', '.join(result['files'])} in {result['seconds']:.1f} s")
     return 0
 
@@ -151,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, ckpt_required=False)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("export", help="export the point encoder (TorchScript, ONNX, safetensors)")
-    p.add_argument("--format", nargs="+", required=True, choices=FORMATS)
+    p = sub.add_parser("export", help="export the point encoder (TorchScript, ONNX, safetensors; hf: a Hub model)")
+    p.add_argument("--format", nargs="+", required=True, choices=(*FORMATS, "hf"))
     p.add_argument("--out", required=True, help="output directory")
     common(p)
     p.set_defaults(func=cmd_export)

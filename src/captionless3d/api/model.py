@@ -113,6 +113,8 @@ class Captionless3DModel:
         config: the checkpoint's full resolved training config; ``metadata``: its ``captionless3d`` metadata.
         cache_dir: where the training caches live now when they moved since training (``None``: where the config
             says).
+        checkpoint: the training checkpoint file (``None`` for a model from a pretrained directory or the Hub).
+        source: where the weights came from (checkpoint path, ``hf-hub:<org>/<name>`` or a pretrained directory).
         last_index: the index most recently built or opened (the default of :meth:`search`).
     """
 
@@ -125,6 +127,7 @@ class Captionless3DModel:
         device: str | torch.device = "cpu",
         cache_dir: str | os.PathLike | None = None,
         teacher: Any | None = None,
+        source: str | None = None,
     ) -> None:
         for field in ("teacher_id", "teacher_dim", "config"):
             if field not in metadata:
@@ -140,6 +143,8 @@ class Captionless3DModel:
         self.experiment = str(metadata.get("experiment", ""))
         self.data_fingerprint = str(metadata.get("data_fingerprint", ""))
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        # where the weights came from, for people: the checkpoint path, an hf-hub: reference or a pretrained directory
+        self.source = source or (str(self.checkpoint) if self.checkpoint is not None else None)
         self.prompt_template = str(self.config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE)
         loader = (self.config.get("data") or {}).get("loader") or {}
         if not isinstance(loader.get("n_points"), int) or loader["n_points"] < 1:
@@ -155,7 +160,7 @@ class Captionless3DModel:
 
     def __repr__(self) -> str:
         return (f"Captionless3DModel(experiment={self.experiment!r}, teacher={self.teacher_id!r}, dim={self.teacher_dim}, "
-                f"n_points={self.n_points}, checkpoint={str(self.checkpoint) if self.checkpoint else None!r})")
+                f"n_points={self.n_points}, source={self.source!r})")
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -463,6 +468,19 @@ def build_encoder(metadata: dict[str, Any], path: Path | str = "checkpoint") -> 
     return instantiate(OmegaConf.create(model_cfg), key="model", embed_dim=int(metadata["teacher_dim"]))
 
 
+def _model_from_state(state: dict[str, torch.Tensor], meta: dict[str, Any], where: Path | str, **kwargs: Any
+                      ) -> Captionless3DModel:
+    encoder = build_encoder(meta, where)
+    try:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # torch reports shape mismatches this way even with strict=False
+        raise CheckpointError(f"{where}: encoder weights do not fit config.model: {exc}") from exc
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: encoder weights do not fit config.model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return Captionless3DModel(encoder, meta, **kwargs)
+
+
 def load(
     checkpoint: str | os.PathLike,
     *,
@@ -470,30 +488,44 @@ def load(
     cache_dir: str | os.PathLike | None = None,
     teacher: Any | None = None,
 ) -> Captionless3DModel:
-    """Load a training checkpoint (``best.ckpt``/``last.ckpt``) as a :class:`Captionless3DModel`.
+    """Load a trained student as a :class:`Captionless3DModel`.
 
     Args:
-        checkpoint: path of a captionless3d Lightning checkpoint.
+        checkpoint: one of
+
+            * a captionless3d Lightning checkpoint (``best.ckpt`` / ``last.ckpt``);
+            * ``"hf-hub:<org>/<name>"`` (or ``...@<revision>``): a model on the Hugging Face Hub, resolved through
+              ``huggingface_hub`` (its cache and ``HF_HUB_OFFLINE`` apply; :mod:`captionless3d.api.pretrained`);
+            * a local pretrained directory (``model.safetensors`` + ``config.json``, what ``captionless3d export
+              --format hf`` writes).
         device: where the point encoder runs.
         cache_dir: where the training caches (world, teacher) live now, if they moved since training.
         teacher: an already built teacher to use instead of rebuilding it (its id must match the checkpoint's).
 
     Raises:
         CheckpointError: missing / unreadable file, not a captionless3d checkpoint, a newer format version, missing
-            metadata or weights that do not fit the configured architecture.
+            metadata, weights that do not fit the configured architecture, or a Hub model that cannot be resolved.
     """
+    from captionless3d.api.pretrained import is_hub_reference, is_pretrained_dir, read_pretrained, resolve_hub_reference
+
+    common = {"device": device, "cache_dir": cache_dir, "teacher": teacher}
+    if is_hub_reference(checkpoint):
+        directory = resolve_hub_reference(str(checkpoint))
+        state, meta = read_pretrained(directory)
+        return _model_from_state(state, meta, directory, source=str(checkpoint), **common)
     path = Path(checkpoint)
+    if is_pretrained_dir(path):
+        state, meta = read_pretrained(path)
+        return _model_from_state(state, meta, path, source=str(path), **common)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory without config.json; give a .ckpt file, a pretrained directory "
+                              "(captionless3d export --format hf) or hf-hub:<org>/<name>")
     ckpt = load_checkpoint(path)
     meta = ckpt["captionless3d"]
     for field in ("teacher_id", "teacher_dim", "config"):
         if field not in meta:
             raise CheckpointError(f"{path}: checkpoint metadata lacks {field!r}")
-    encoder = build_encoder(meta, path)
-    missing, unexpected = encoder.load_state_dict(encoder_state(ckpt, path), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: encoder weights do not fit config.model: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-    return Captionless3DModel(encoder, meta, checkpoint=path, device=device, cache_dir=cache_dir, teacher=teacher)
+    return _model_from_state(encoder_state(ckpt, path), meta, path, checkpoint=path, **common)
 
 
 __all__ = ["Captionless3DModel", "load", "build_encoder", "build_teacher_from_config", "DEFAULT_PROMPT_TEMPLATE"]
