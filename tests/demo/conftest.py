@@ -1,10 +1,11 @@
 """Fixtures of the demo tests: the tests/api checkpoint world (a real PointNeXt checkpoint on a ~220-object synthetic
-world with the tiny teacher), its demo index built the default way (under the run's cache), and a live server on a
-free 127.0.0.1 port in a thread."""
+world with the tiny teacher), its demo index built the default way (under the run's cache), the demo service over it,
+and the live Gradio page on a free 127.0.0.1 port (server in a background thread)."""
 from __future__ import annotations
 
+import os
+import socket
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,34 +27,40 @@ class DemoWorld:
     model: Any
     index: Any
     collection: Any
-    app: Any
+    service: Any
 
 
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory) -> DemoWorld:
     import captionless3d
-    from captionless3d.demo import DemoApp, ensure_demo_index
+    from captionless3d.demo import DemoService, ensure_demo_index
 
     root = tmp_path_factory.mktemp("demo_world")
     ckpt, collection, teacher = build_checkpoint(root)
     model = captionless3d.load(ckpt, teacher=teacher)
     index, world = ensure_demo_index(model, progress=False)
-    app = DemoApp(model, index, list(world.categories), k=4)
-    return DemoWorld(root, ckpt, model, index, world, app)
+    examples = sorted((index.directory.parent / "examples").iterdir())
+    service = DemoService(model, index, list(world.categories), k=4, title="captionless3d demo: avg",
+                          examples=examples, work_dir=root / "demo_work")
+    return DemoWorld(root, ckpt, model, index, world, service)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def demo_url(demo_world):
-    from captionless3d.demo import make_demo_server
+    """The Gradio page, served on 127.0.0.1 (the default host) in a background thread."""
+    pytest.importorskip("gradio", reason="the demo page needs gradio (pip install -e '.[demo]')")
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from captionless3d.demo.gradio_app import launch_demo
 
-    server = make_demo_server(demo_world.app, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{host}:{port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    demo, url = launch_demo(demo_world.service, port=free_port(), block=False)
+    yield url.rstrip("/")
+    demo.close()
 
 
 @pytest.fixture(scope="session")

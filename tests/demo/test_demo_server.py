@@ -1,48 +1,24 @@
-"""The demo server over HTTP (urllib, no browser): results, bad uploads, loopback binding, the default index."""
+"""The demo without a browser: the service's answers (through the public API), bad files, the GLB writer, the default
+index, and the Gradio server over HTTP (loopback binding, offline assets, the module entry point)."""
 from __future__ import annotations
 
 import inspect
-import json
 import os
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from captionless3d.demo import DEFAULT_HOST, DemoApp, make_demo_server, parse_multipart
+from captionless3d.demo import DEFAULT_HOST, DemoService, cloud_to_glb, parse_labels
 from captionless3d.demo.__main__ import build_parser
 from captionless3d.demo.world import ensure_demo_index, find_demo_checkpoint
-from captionless3d.errors import Captionless3DError, CheckpointError
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _multipart(fields: dict[str, tuple[str | None, bytes]]) -> tuple[str, bytes]:
-    boundary = f"----demo{uuid.uuid4().hex}"
-    chunks = []
-    for name, (filename, data) in fields.items():
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                      "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    return f"multipart/form-data; boundary={boundary}", b"".join(chunks) + f"--{boundary}--\r\n".encode()
-
-
-def post(url: str, path: Path | None = None, **extra: str) -> tuple[int, dict]:
-    fields = {"file": (path.name, path.read_bytes())} if path is not None else {}
-    fields.update({k: (None, v.encode()) for k, v in extra.items()})
-    content_type, body = _multipart(fields or {"k": (None, b"3")})
-    request = urllib.request.Request(url + "/api/query", data=body, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+from captionless3d.errors import CheckpointError, ConfigError, DataError
 
 
 def get(url: str) -> tuple[int, str, bytes]:
@@ -51,17 +27,6 @@ def get(url: str) -> tuple[int, str, bytes]:
             return response.status, response.headers["Content-Type"], response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read()
-
-
-def test_binds_loopback_by_default(demo_world):
-    assert DEFAULT_HOST == "127.0.0.1"
-    assert inspect.signature(make_demo_server).parameters["host"].default == "127.0.0.1"
-    assert build_parser().parse_args([]).host == "127.0.0.1"
-    server = make_demo_server(demo_world.app, port=0)  # host left to its default
-    try:
-        assert server.server_address[0] == "127.0.0.1"
-    finally:
-        server.server_close()
 
 
 def test_default_index_lives_under_the_run_cache_and_is_reused(demo_world):
@@ -91,52 +56,38 @@ def test_find_demo_checkpoint_picks_the_newest(tmp_path):
     assert find_demo_checkpoint(tmp_path) == new
 
 
-def test_parse_multipart_is_binary_safe():
-    data = np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes() + b"\r\n--x\r\n\r\n"
-    content_type, body = _multipart({"file": ("a b.npy", data), "labels": (None, b"chair, table")})
-    fields = parse_multipart(content_type, body)
-    assert fields["file"] == ("a b.npy", data)
-    assert fields["labels"] == (None, b"chair, table")
-    with pytest.raises(Captionless3DError, match="multipart/form-data"):
-        parse_multipart("application/json", b"{}")
-
-
-def test_point_cloud_upload_gives_labels_and_itself_as_top_hit(demo_url, demo_world):
-    index = demo_world.index
+def test_point_cloud_query_gives_labels_and_itself_as_top_hit(demo_world):
+    index, service = demo_world.index, demo_world.service
     query = index.root / index.paths[3]  # an indexed shape: it must find itself first
-    status, result = post(demo_url, query)
-    assert status == 200, result
-    assert result["kind"] == "points" and result["filename"] == query.name
-    assert [h["rank"] for h in result["hits"]] == [1, 2, 3, 4]
-    assert result["hits"][0]["path"] == index.paths[3] and result["hits"][0]["score"] > 0.99
-    scores = [h["score"] for h in result["hits"]]
+    result = service.query(query)
+    assert result.kind == "points" and result.filename == query.name
+    assert [h.rank for h in result.hits] == [1, 2, 3, 4]
+    assert result.hits[0].path == index.paths[3] and result.hits[0].score > 0.99
+    assert result.hits[0].position == 3 and result.hits[0].thumbnail == index.thumbnail(3)
+    scores = [h.score for h in result.hits]
     assert scores == sorted(scores, reverse=True)
-    labels = result["labels"]
-    assert sorted(n for n, _ in labels) == sorted(demo_world.collection.categories)
-    assert [s for _, s in labels] == sorted((s for _, s in labels), reverse=True)
     expected = demo_world.model.classify(str(query), labels=list(demo_world.collection.categories))[0]
-    assert [n for n, _ in labels] == [n for n, _ in expected]
-    np.testing.assert_allclose([s for _, s in labels], [s for _, s in expected], atol=1e-5)
-    assert result["preview"].startswith("data:image/png;base64,")
-    status, content_type, thumb = get(demo_url + result["hits"][0]["thumb"])
-    assert status == 200 and content_type == "image/png" and thumb.startswith(PNG)
+    assert result.labels == expected
+    import trimesh
+
+    mesh = trimesh.load(result.cloud_glb, force="mesh")
+    assert len(mesh.vertices) == demo_world.model.n_points * 12  # one icosahedron per point the encoder saw
 
 
-def test_custom_labels_and_k(demo_url, demo_world):
+def test_custom_labels_and_k(demo_world):
     query = demo_world.index.directory.parent / "examples" / "shape_mug.ply"
-    status, result = post(demo_url, query, labels="mug, lamp,  mug ,chair", k="2")
-    assert status == 200, result
-    assert sorted(n for n, _ in result["labels"]) == ["chair", "lamp", "mug"]
-    assert len(result["hits"]) == 2
+    result = demo_world.service.query(query, labels=parse_labels("mug, lamp,  mug ,chair", ["x"]), k=2)
+    assert sorted(n for n, _ in result.labels) == ["chair", "lamp", "mug"]
+    assert len(result.hits) == 2
+    assert parse_labels("  ", ["a", "b"]) == ["a", "b"]
 
 
-def test_photo_upload_searches_the_index(demo_url, demo_world):
+def test_photo_query_searches_the_index(demo_world):
     photo = demo_world.index.directory.parent / "examples" / "photo_chair.png"
-    status, result = post(demo_url, photo)
-    assert status == 200, result
-    assert result["kind"] == "image" and result["labels"] is None and len(result["hits"]) == 4
+    result = demo_world.service.query(photo)
+    assert result.kind == "image" and result.labels is None and result.cloud_glb is None and len(result.hits) == 4
     expected = demo_world.model.search(image=str(photo), k=4, index=demo_world.index)
-    assert [h["path"] for h in result["hits"]] == [h.path for h in expected]
+    assert [h.path for h in result.hits] == [h.path for h in expected]
 
 
 @pytest.mark.parametrize("which, message", [
@@ -145,50 +96,75 @@ def test_photo_upload_searches_the_index(demo_url, demo_world):
     ("image", "not_an_image.png: not a readable image"),
     ("suffix", "notes.txt: unsupported file type '.txt'"),
 ])
-def test_bad_upload_is_a_clear_400_and_the_server_keeps_serving(demo_url, demo_world, bad_files, which, message):
-    status, result = post(demo_url, bad_files[which])
-    assert status == 400 and message in result["error"], result
-    assert "captionless3d-demo-" not in result["error"]  # names the user's file, not the server's temporary copy
-    status, result = post(demo_url, demo_world.index.root / demo_world.index.paths[0])
-    assert status == 200 and result["hits"]
+def test_bad_file_is_a_clear_error_and_the_service_goes_on(demo_world, bad_files, tmp_path, which, message):
+    # the page hands the service its own copy of the upload; the message must name the user's file, not the copy
+    copy = tmp_path / "server-copy" / f"upload{bad_files[which].suffix}"
+    copy.parent.mkdir()
+    copy.write_bytes(bad_files[which].read_bytes())
+    with pytest.raises(DataError) as caught:
+        demo_world.service.query(copy, filename=bad_files[which].name)
+    assert message in str(caught.value) and "server-copy" not in str(caught.value)
+    assert demo_world.service.query(demo_world.index.root / demo_world.index.paths[0]).hits
 
 
-def test_requests_without_a_file_or_to_unknown_pages(demo_url):
-    status, result = post(demo_url, None, k="3")
-    assert status == 400 and "no file" in result["error"]
-    status, _, body = get(demo_url + "/thumb/99999.png")
-    assert status == 404 and b"no thumbnail" in body
-    status, _, body = get(demo_url + "/nope")
-    assert status == 404
+def test_cloud_to_glb_centres_scales_and_colours_by_height(tmp_path):
+    import trimesh
+
+    g = np.random.default_rng(0)
+    cloud = g.normal(size=(50, 3)) * 7 + 100
+    path = cloud_to_glb(cloud, tmp_path / "c.glb", radius=0.01)
+    assert path.read_bytes()[:4] == b"glTF"
+    mesh = trimesh.load(path, force="mesh")
+    assert len(mesh.vertices) == 50 * 12 and len(mesh.faces) == 50 * 20
+    assert np.abs(mesh.vertices.mean(axis=0)).max() < 0.05 and np.linalg.norm(mesh.vertices, axis=1).max() <= 1.02
+    colours = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(int)
+    low, high = np.argmin(mesh.vertices[:, 1]), np.argmax(mesh.vertices[:, 1])
+    assert colours[low, 2] > colours[low, 0] and colours[high, 0] > colours[high, 2]  # blue low, orange high
+    with pytest.raises(DataError, match="need finite"):
+        cloud_to_glb(np.array([[0.0, np.nan, 0.0]]), tmp_path / "bad.glb")
+
+
+def test_service_validates_its_settings(demo_world):
+    with pytest.raises(ConfigError, match="at least one zero-shot label"):
+        DemoService(demo_world.model, demo_world.index, [])
+    with pytest.raises(ConfigError, match="-k must be from 1 to 20"):
+        DemoService(demo_world.model, demo_world.index, ["chair"], k=0)
+
+
+def test_binds_loopback_by_default(demo_url):
+    from captionless3d.demo.gradio_app import launch_demo
+
+    assert DEFAULT_HOST == "127.0.0.1"
+    assert inspect.signature(launch_demo).parameters["host"].default == "127.0.0.1"
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    assert demo_url.startswith("http://127.0.0.1:")  # the fixture leaves the host to its default
+
+
+def test_page_serves_its_own_assets_and_calls_nowhere(demo_url):
+    """Everything the page loads comes from this server: no CDN, no fonts from the web (there is no network)."""
     status, content_type, page = get(demo_url + "/")
-    assert status == 200 and content_type.startswith("text/html") and b'id="file"' in page
-    status, _, info = get(demo_url + "/api/info")
-    assert status == 200 and json.loads(info)["index_size"] == 20
-
-
-def test_oversized_upload_is_refused(demo_world):
-    app = DemoApp(demo_world.model, demo_world.index, ["chair"], max_upload_bytes=1000)
-    seen = {}
-    body = app({"REQUEST_METHOD": "POST", "PATH_INFO": "/api/query", "CONTENT_LENGTH": "5000",
-                "CONTENT_TYPE": "multipart/form-data; boundary=x", "wsgi.input": None},
-               lambda status, headers: seen.setdefault("status", status))
-    assert seen["status"].startswith("413") and b"larger than the limit" in b"".join(body)
+    assert status == 200 and content_type.startswith("text/html")
+    html = page.decode("utf-8")
+    sources = re.findall(r"<(?:script|link)[^>]+(?:src|href)=\"([^\"]+)\"", html)
+    assert sources and all(not s.startswith(("http:", "https:", "//")) for s in sources), sources
+    status, _, config = get(demo_url + "/config")
+    assert status == 200 and b"captionless3d demo: avg" in config and b"\"analytics_enabled\": false" in config.replace(b":false", b": false")
 
 
 @pytest.mark.slow
 def test_module_entry_point_serves_a_checkpoint(demo_world, tmp_path):
     """``python -m captionless3d.demo`` (what ``make demo`` runs): finds the newest checkpoint under --outputs,
     reuses the run's demo index, binds 127.0.0.1 and serves the page."""
-    outputs = demo_world.root  # holds run/checkpoints/best.ckpt; find_latest_checkpoint globs <outputs>/train/**
+    pytest.importorskip("gradio")
     link = tmp_path / "outputs" / "train" / "runs" / "avg" / "t" / "checkpoints"
     link.mkdir(parents=True)
     (link / "best.ckpt").symlink_to(demo_world.ckpt)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-m", "captionless3d.demo", "--outputs", str(tmp_path / "outputs"),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=outputs)
+                            cwd=demo_world.root)
     try:
-        lines, deadline = [], time.monotonic() + 50
+        lines, deadline = [], time.monotonic() + 120
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -199,9 +175,10 @@ def test_module_entry_point_serves_a_checkpoint(demo_world, tmp_path):
         text = "".join(lines)
         assert "demo: serving on http://127.0.0.1:" in text, text
         assert f"index {demo_world.index.directory} (20 shapes)" in text  # the fixture's index, reused
+        assert "8 example inputs on the page" in text
         url = text.split("serving on ")[1].split()[0].rstrip("/")
-        status, _, page = get(url + "/")
+        status, _, page = get(url + "/config")
         assert status == 200 and b"captionless3d demo: avg" in page
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)

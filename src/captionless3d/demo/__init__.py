@@ -1,20 +1,27 @@
-"""A small local demo page: upload a photo or a point cloud, see the nearest indexed shapes or zero-shot labels.
+"""The demo page: upload a photo or a point cloud, see it in 3D, its zero-shot labels and the nearest indexed shapes.
 
-``make demo`` (= ``python -m captionless3d.demo``) serves it on ``http://127.0.0.1:8765`` for the newest
-``outputs/train/**/checkpoints/best.ckpt``, with a shape index of that run's synthetic-world test shapes built (once)
-under the run's cache. Everything is the standard library (:mod:`wsgiref` + :mod:`email` for multipart uploads) plus
-the project's own API: no web framework. See :mod:`captionless3d.demo.app` (the WSGI app and server) and
-:mod:`captionless3d.demo.world` (the default checkpoint and index).
+``make demo`` (= ``python -m captionless3d.demo``) serves a Gradio page (optional extra ``demo``) on
+``http://127.0.0.1:8765`` for the newest ``outputs/train/**/checkpoints/best.ckpt`` (or ``--ckpt``, which also takes
+``hf-hub:<org>/<name>``), with a shape index of that run's synthetic-world test shapes built (once) under the run's
+cache. Modules: :mod:`captionless3d.demo.service` (the queries, through the public Python API; no web framework),
+:mod:`captionless3d.demo.gradio_app` (the page), :mod:`captionless3d.demo.world` (the default checkpoint, index and
+example inputs). Gradio is imported only when the page is built.
 """
 from __future__ import annotations
 
-from captionless3d.demo.app import DEFAULT_HOST, DEFAULT_PORT, DemoApp, make_demo_server, parse_multipart
+from captionless3d.demo.service import DemoHit, DemoService, QueryResult, cloud_to_glb, parse_labels
 from captionless3d.demo.world import ensure_demo_index, export_world_shapes, find_demo_checkpoint, load_world_of
 
+#: Loopback only by default: the demo has no authentication (same values as captionless3d.demo.gradio_app).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
 __all__ = [
-    "DemoApp",
-    "make_demo_server",
-    "parse_multipart",
+    "DemoService",
+    "DemoHit",
+    "QueryResult",
+    "cloud_to_glb",
+    "parse_labels",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "find_demo_checkpoint",
