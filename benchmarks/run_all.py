@@ -86,7 +86,7 @@ def section_pointnext(quick: bool) -> None:
     from benchmarks.bench_pointnext import matmul_gflops, run_config
 
     from captionless3d.errors import ConfigError
-    from captionless3d.models.ops import _import_cuda_ops
+    from captionless3d.models.ops import import_cuda_ops
 
     B = 8 if quick else 32  # batch of the main configurations
     main_n = 1024 if quick else 2048
@@ -99,7 +99,7 @@ def section_pointnext(quick: bool) -> None:
     record("1 pointnext", "fp32 matmul GFLOP/s", f"{peak:.1f}")
 
     try:
-        source, _ = _import_cuda_ops()
+        source, _ = import_cuda_ops()
         cuda = (f"{source} importable; CUDA tensors only, not measured on CPU" if torch.cuda.is_available()
                 else f"{source} importable but no CUDA device; not measured")
     except ConfigError:

@@ -44,13 +44,9 @@ LAYERS: tuple[str, ...] = (
 #: too; the top-level package ``captionless3d`` is the facade that lazily re-exports ``api.load``.)
 ENTRY_POINTS: tuple[str, ...] = ("train", "eval", "features", "cli", "demo")
 
-#: TEMPORARY: known offenders whose fix needs a change inside ``captionless3d.models`` / ``captionless3d.baselines``
-#: (under concurrent work): the helper must become public there, then the entry goes. Each entry is
-#: ``(importing module, imported module or name)``.
-MODELS_ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    # the make-bench section on the compiled CUDA ops: models.ops needs a public name for its loader
-    ("benchmarks.run_all", "captionless3d.models.ops._import_cuda_ops"),
-})
+#: Known offenders, each ``(importing module, imported module or name)``, allowed until the helper they use becomes
+#: public where it belongs. Empty: keep it so.
+MODELS_ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 def _modules() -> dict[str, Path]:

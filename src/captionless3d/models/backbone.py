@@ -107,7 +107,7 @@ class PointBackbone(nn.Module):
             raise DataError("xyz contains NaN or Inf coordinates")
         if bool((xyz.abs() > MAX_ABS_COORDINATE).any()):
             raise DataError(f"xyz has coordinates beyond ±{MAX_ABS_COORDINATE:g}: normalise the clouds first "
-                            "(captionless3d.data.pointcloud.normalize_unit_sphere)")
+                            "(captionless3d.data.pointcloud.normalise_unit_sphere)")
         if features is None:
             if self.in_channels == 3:
                 f = xyz

@@ -3,9 +3,10 @@
 ``ProjectionHead`` is OpenPoints' ``ClsHead`` (``create_linearblock`` = Linear without bias -> BatchNorm1d -> ReLU,
 then Dropout, per hidden layer) whose last ``Linear`` maps to the embedding size (with bias, no activation). With
 ``mlps=(512, 256)`` and ``out_dim=512`` this is the paper's / ULIP's ``[512, 256]`` head followed by the 256 -> 512
-projection (``paper-method.md`` §7). Parameter names match ``ClsHead.head`` (``head.0.0.weight`` ...). With
-``mlps=()`` it is a single Linear (ULIP's ``pc_projection`` for PointNet++ / Point-BERT); ``projection=False`` drops
-the final Linear (OpenShape's B32 release already ends in the teacher's 512-d space).
+projection (docs/method.md: "Student", and item 3 of "Choices where the original is not specific"). Parameter names
+match ``ClsHead.head`` (``head.0.0.weight`` ...). With ``mlps=()`` it is a single Linear (ULIP's ``pc_projection``
+for PointNet++ / Point-BERT); ``projection=False`` drops the final Linear (OpenShape's B32 release already ends in the
+teacher's 512-d space).
 """
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from captionless3d.errors import DataError  # a ValueError subclass: bad shapes / arguments name the op
+from captionless3d.utils.threads import set_torch_threads, torch_threads
 
 T = TypeVar("T")
 
@@ -65,6 +66,7 @@ __all__ = [
     "disable_cuda_ops",
     "cuda_ops_source",
     "kernels_on_cpu",
+    "import_cuda_ops",
 ]
 
 #: Largest ``queries * support block`` a ball-query step materialises (float32: 4 bytes each).
@@ -98,16 +100,8 @@ _pool_lock = threading.Lock()
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """Run the body with at most :data:`HOT_LOOP_THREADS` intra-op threads (restores the setting afterwards)."""
-    n = torch.get_num_threads()
-    want = max(1, min(n, HOT_LOOP_THREADS))
-    if n == want:
+    with torch_threads(max(1, min(torch.get_num_threads(), HOT_LOOP_THREADS))):
         yield
-        return
-    torch.set_num_threads(want)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def hot_loop_workers() -> int:
@@ -139,8 +133,7 @@ def _worker_pool(n: int) -> ThreadPoolExecutor:
 
 
 def _in_worker(fn: Callable[..., T], args: tuple, grad: bool) -> T:
-    if torch.get_num_threads() != HOT_LOOP_THREADS:
-        torch.set_num_threads(HOT_LOOP_THREADS)  # this thread's OpenMP/MKL setting only
+    set_torch_threads(HOT_LOOP_THREADS)  # this thread's OpenMP/MKL setting only; kept for the worker's next part
     with torch.set_grad_enabled(grad):
         return fn(*args)
 
@@ -175,8 +168,10 @@ _CUDA_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 _cuda_source: str | None = None
 
 
-def _import_cuda_ops() -> tuple[str, dict[str, Callable]]:
-    """The first importable set of compiled CUDA point ops, or :class:`ConfigError` naming what is missing."""
+def import_cuda_ops() -> tuple[str, dict[str, Callable]]:
+    """The first importable set of compiled CUDA point ops as ``(package name, kernels)``, without registering them
+    (:func:`enable_cuda_ops` does that; ``make bench`` only reports availability). Raises :class:`ConfigError`
+    naming what is missing."""
     from captionless3d.errors import ConfigError
 
     errors = []
@@ -222,14 +217,14 @@ def _import_cuda_ops() -> tuple[str, dict[str, Callable]]:
 
 
 def enable_cuda_ops(require_device: bool = True) -> str:
-    """Register the compiled CUDA kernels (see :func:`_import_cuda_ops`); returns the package used.
+    """Register the compiled CUDA kernels (see :func:`import_cuda_ops`); returns the package used.
 
     Raises :class:`~captionless3d.errors.ConfigError` naming the missing package, or when ``require_device`` and no
     CUDA device is visible.
     """
     from captionless3d.errors import ConfigError
 
-    source, ops = _import_cuda_ops()
+    source, ops = import_cuda_ops()
     if require_device and not torch.cuda.is_available():
         raise ConfigError(f"model.ops_backend='cuda': {source} is importable but no CUDA device is available "
                           "(torch.cuda.is_available() is False); use ops_backend='torch'")

@@ -456,7 +456,7 @@ class PointNextEncoder(nn.Module):
             # differences and squared distances of such coordinates overflow float32 into a silent NaN embedding
             raise DataError(
                 f"xyz has coordinates beyond ±{MAX_ABS_COORDINATE:g} (max |x| = {float(xyz.abs().max()):.3g}): "
-                "normalise the clouds first (captionless3d.data.pointcloud.normalize_unit_sphere)"
+                "normalise the clouds first (captionless3d.data.pointcloud.normalise_unit_sphere)"
             )
         if features is None:
             if self.in_channels == 3:

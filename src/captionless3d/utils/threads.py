@@ -1,4 +1,5 @@
-"""Torch intra-op thread counts: the one place that sets them (outside the model's own point ops)."""
+"""Torch intra-op thread counts: the one place in the package that sets them (the point ops' hot loops included,
+:mod:`captionless3d.models.ops`)."""
 from __future__ import annotations
 
 import contextlib
