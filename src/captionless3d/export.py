@@ -2,21 +2,18 @@
 
 ``captionless3d export --ckpt C --format torchscript|onnx|safetensors --out DIR`` (or :func:`export`).
 
-The exported graph is the whole inference path for raw clouds: ``points (B, N, 3)`` float32 in object units (y up)
--> centre + scale into the unit sphere -> PointNeXt + projection head -> L2 normalisation -> ``embedding (B, D)``
-float32. The batch axis is dynamic; ``N`` is fixed to the training config's ``data.loader.n_points`` (farthest point
-sampling draws ``N // stride`` centres per stage, so the unrolled sampling loop is specific to ``N``). Callers
-subsample or surface-sample to ``N`` points first (:mod:`captionless3d.api.inputs` does this for the Python API).
+The exported graph is the whole inference path for raw clouds, :func:`reference_embeddings`: ``points (B, N, 3)``
+float32 in object units (y up) -> :func:`~captionless3d.data.pointcloud.normalise_unit_sphere` -> the encoder's own
+``forward`` (backbone + projection head) -> L2 normalisation -> ``embedding (B, D)`` float32. The batch axis is
+dynamic; ``N`` is fixed to the training config's ``data.loader.n_points`` (farthest point sampling draws a fixed number
+of centres per stage, so the unrolled sampling loop is specific to ``N``). Callers subsample or surface-sample to
+``N`` points first (:mod:`captionless3d.api.inputs` does this for the Python API).
 
-How the pure-PyTorch point ops are made exportable (here, without touching :mod:`captionless3d.models`):
-:class:`ExportablePointEncoder` runs the same modules (same weights) through trace-friendly versions of the ops:
-
-* farthest point sampling: the per-sample loop (``npoint - 1`` steps, vectorised over the batch) is unrolled by the
-  tracer; the centre is gathered with ``torch.gather`` (no ``out=`` buffers, no batch-size constants);
-* ball query: one ``(B, M, N)`` squared-distance matrix (no batch chunking, whose loop bounds the tracer would freeze),
-  in-ball keys ``N..1`` as float32 (exact), ``topk``; the same semantics as :func:`captionless3d.models.ops.ball_query`;
-* grouping: the reference (unfused) path of the grouped MLP: the fused op is a custom autograd function that neither
-  TorchScript nor ONNX can record.
+Nothing of the model is re-implemented here: :class:`ExportablePointEncoder` runs the encoder inside
+:func:`captionless3d.models.ops.export_mode`, where the point ops (FPS, ball query, kNN) and the grouped layers
+take their traceable paths with the same results, and ``torch.jit.trace`` / ``torch.onnx.export`` record that
+``forward``. Every backbone of the registry exports this way (PointNeXt, PointNet++, Point-BERT, OpenShape's
+PointPatchTransformer), provided its input features follow from xyz alone (:func:`check_exportable`).
 
 The parity tests check the exported models against the PyTorch model on random clouds (max abs diff <= 1e-4).
 """
@@ -26,11 +23,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captionless3d.errors import CheckpointError, ConfigError
@@ -43,54 +40,60 @@ ONNX_FILE = "point_encoder.onnx"
 SAFETENSORS_FILE = "point_encoder.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "model_card.md"
-#: Default ONNX opset (ArgMax/TopK/Gather/MatMul only; onnxruntime >= 1.16 runs it).
+#: Default ONNX opset (ArgMax/ArgMin/TopK/Gather/MatMul, and the transformer backbones' attention; onnxruntime >=
+#: 1.16 runs it).
 ONNX_OPSET = 17
 
 
-# --------------------------------------------------------------------------------------------------- export-friendly ops
-def fps_export(xyz: Tensor, npoint: int) -> Tensor:
-    """Farthest point sampling, ``xyz (B, N, 3)`` -> ``(B, npoint)`` int64, starting at index 0.
+# --------------------------------------------------------------------------------------------------- the graph
+def _embed(model: nn.Module, points: Tensor) -> Tensor:
+    """Raw clouds ``(B, N, 3)`` -> L2-normalised ``(B, D)``: unit sphere, the encoder's forward, L2."""
+    from captionless3d.data.pointcloud import normalise_unit_sphere
 
-    Same arithmetic as :func:`captionless3d.models.ops.furthest_point_sample` (running minimum of
-    ``(x-x_c)^2 + (y-y_c)^2 + (z-z_c)^2``, arg-max, lowest index on ties); the Python loop is unrolled when traced.
-    """
-    x0, x1, x2 = xyz[..., 0], xyz[..., 1], xyz[..., 2]  # (B, N)
-    dist = torch.full_like(x0, 1e10)
-    far = torch.zeros_like(x0[:, :1], dtype=torch.long)  # (B, 1)
-    picks = [far]
-    for _ in range(1, npoint):
-        d0 = x0 - x0.gather(1, far)
-        d1 = x1 - x1.gather(1, far)
-        d2 = x2 - x2.gather(1, far)
-        d = d0 * d0 + d1 * d1 + d2 * d2
-        dist = torch.minimum(dist, d)
-        far = dist.argmax(dim=1, keepdim=True)
-        picks.append(far)
-    return torch.cat(picks, dim=1)
+    emb = model(normalise_unit_sphere(points.float()))
+    return emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def ball_query_export(support: Tensor, query: Tensor, radius: float, nsample: int) -> Tensor:
-    """Ball query with the semantics of :func:`captionless3d.models.ops.ball_query`, without batch chunking.
+@torch.no_grad()
+def reference_embeddings(model: nn.Module, points: Tensor) -> Tensor:
+    """What the PyTorch model gives for raw clouds ``(B, N, 3)``: normalise, encode, L2-normalise (``(B, D)``)."""
+    return _embed(model.eval(), points)
 
-    ``support (B, N, 3)``, ``query (B, M, 3)`` -> ``(B, M, nsample)`` int64: the first ``nsample`` support indices
-    with squared distance ``< radius^2``, short balls padded with their first index, empty balls all 0.
-    """
-    n = support.shape[1]
-    r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
-    k = min(nsample, n)
-    sq_s = (support * support).sum(-1)  # (B, N)
-    sq_q = (query * query).sum(-1)  # (B, M)
-    d2 = torch.baddbmm(sq_s.unsqueeze(1), query, support.transpose(1, 2), alpha=-2.0) + sq_q.unsqueeze(-1)
-    keys = torch.arange(n, 0, -1, dtype=torch.float32, device=support.device)  # N..1: larger = lower index
-    key = torch.where(d2 < r2, keys, torch.zeros_like(keys))
-    top = key.topk(k, dim=-1, largest=True, sorted=True).values  # (B, M, k); 0 = not in the ball
-    idx = (n - top).long()
-    valid = top > 0
-    first = torch.where(valid[..., :1], idx[..., :1], torch.zeros_like(idx[..., :1]))
-    idx = torch.where(valid, idx, first)
-    if k < nsample:
-        idx = torch.cat([idx, first.expand(-1, -1, nsample - k)], dim=-1)
-    return idx
+
+def check_exportable(model: nn.Module, n_points: int) -> None:
+    """Raise :class:`ConfigError` unless ``model`` can be exported for clouds of ``n_points`` points: a
+    :class:`~captionless3d.models.heads.PointEncoder` whose backbone is one of the package's (PointNeXt or a
+    :class:`~captionless3d.models.backbone.PointBackbone`), samples deterministically (FPS, not ``sampler=random``),
+    needs at most ``n_points`` points and derives its input features from xyz (the exported graph's only input):
+    ``in_channels`` 3, PointNeXt's 4 (xyz + height), or xyz + rgb with a ``constant_rgb``."""
+    from captionless3d.models.backbone import PointBackbone
+    from captionless3d.models.heads import PointEncoder
+    from captionless3d.models.pointnext import PointNextEncoder, SetAbstraction
+
+    if not isinstance(model, PointEncoder):
+        raise ConfigError(f"export: expected a captionless3d.models.PointEncoder (backbone + projection head), "
+                          f"got {type(model).__name__}")
+    backbone = model.encoder
+    name = type(backbone).__name__
+    if isinstance(backbone, PointNextEncoder):
+        if backbone.in_channels not in (3, 4):
+            raise ConfigError(f"export: {name} with in_channels={backbone.in_channels} needs per-point features "
+                              "besides xyz; the exported graph takes xyz only (in_channels 3, or 4 = xyz + height)")
+        random = [m for m in backbone.modules() if isinstance(m, SetAbstraction) and m.sampler != "fps"
+                  and not (m.is_head or m.all_aggr)]
+        if random:
+            raise ConfigError(f"export: {name} samples with sampler={random[0].sampler!r}; only sampler='fps' is "
+                              "exportable (random sampling is not deterministic)")
+    elif isinstance(backbone, PointBackbone):
+        if backbone.in_channels != 3 and backbone.constant_rgb is None:
+            raise ConfigError(f"export: {name} takes {backbone.in_channels} input channels and was built without "
+                              "constant_rgb; the exported graph takes xyz only (in_channels 3, or xyz + rgb with "
+                              "model.constant_rgb set, e.g. OpenShape's 0.4)")
+    else:
+        raise ConfigError(f"export: the backbone {name} is not one of captionless3d.models' backbones "
+                          "(PointNextEncoder, PointNet2SSG, PointBERT, PointPatchTransformer); only those export")
+    if n_points < backbone.min_points:
+        raise ConfigError(f"export: n_points={n_points} is below {name}'s minimum {backbone.min_points}")
 
 
 def _check_points(points: Tensor, n_points: int) -> Tensor:
@@ -114,156 +117,35 @@ def _scripted_check() -> Any:
     return _SCRIPTED["check"]
 
 
-def _gather(x: Tensor, idx: Tensor) -> Tensor:
-    """``x (B, N, C)``, ``idx (B, M)`` -> ``(B, M, C)``."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _group(x: Tensor, idx: Tensor) -> Tensor:
-    """``x (B, N, C)``, ``idx (B, M, K)`` -> ``(B, M, K, C)``."""
-    b, m, k = idx.shape
-    return _gather(x, idx.reshape(b, m * k)).reshape(b, m, k, x.shape[-1])
-
-
-def _bn_last(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """Eval-mode BatchNorm over the last dimension as one affine map (running statistics)."""
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    return x * scale + (bn.bias - bn.running_mean * scale)
-
-
-def _conv(block: nn.Module, x: Tensor) -> Tensor:
-    """A :class:`~captionless3d.models.pointnext.ConvBlock` (conv [-> BN] [-> ReLU]) on channels-last ``x``."""
-    y = F.linear(x, block.weight2d, block[0].bias)
-    return _post(block, y)
-
-
-def _post(block: nn.Module, y: Tensor) -> Tensor:
-    if block.has_norm:
-        y = _bn_last(block[1], y)
-    if block.has_act:
-        y = F.relu(y)
-    return y
-
-
-def _grouped(blocks: Sequence[nn.Module], p: Tensor, f: Tensor | None, centres: Tensor, nbr: Tensor, scale: float,
-             reduction: str) -> Tensor:
-    """``pool_k(blocks[1:](post0(W [dp/r; f_j])))`` via the split first conv (as the model's reference path)."""
-    first = blocks[0]
-    w = first.weight2d
-    w_p = w[:, :3] * scale
-    u = F.linear(p, w_p)
-    if f is not None:
-        u = u + F.linear(f, w[:, 3:])
-    if first[0].bias is not None:
-        u = u + first[0].bias
-    v = F.linear(centres, w_p)
-    h = _post(first, _group(u, nbr) - v.unsqueeze(2))
-    for blk in blocks[1:]:
-        h = _conv(blk, h)
-    if reduction == "max":
-        return h.max(dim=2).values
-    if reduction == "mean":
-        return h.mean(dim=2)
-    return h.sum(dim=2)
-
-
 class ExportablePointEncoder(nn.Module):
-    """Raw clouds ``(B, n_points, 3)`` -> L2-normalised embeddings ``(B, D)``, traceable (module doc).
+    """Raw clouds ``(B, n_points, 3)`` -> L2-normalised embeddings ``(B, D)``: :func:`reference_embeddings` with the
+    point ops in :func:`~captionless3d.models.ops.export_mode`, so a tracer records it (module doc).
 
-    Wraps (shares the weights of) a :class:`~captionless3d.models.heads.PointEncoder` in eval mode.
+    Wraps (shares the weights of) a :class:`~captionless3d.models.heads.PointEncoder`, put in eval mode;
+    :func:`check_exportable` first. ``check_input`` (TorchScript only; ONNX runtimes check the static point axis
+    themselves) keeps a shape check of ``points`` in the graph.
     """
 
-    def __init__(self, model: nn.Module, n_points: int, *, normalize: bool = True, check_input: bool = False) -> None:
+    def __init__(self, model: nn.Module, n_points: int, *, check_input: bool = False) -> None:
         super().__init__()
-        from captionless3d.models.pointnext import InvResMLP, PointNextEncoder, SetAbstraction
-
-        backbone = getattr(model, "encoder", None)
-        if not isinstance(backbone, PointNextEncoder) or not hasattr(model, "head"):
-            raise ConfigError(f"export: expected a PointEncoder (PointNeXt backbone + head), got {type(model).__name__}")
-        for module in backbone.modules():
-            if isinstance(module, SetAbstraction) and module.sampler != "fps" and not (module.is_head or module.all_aggr):
-                raise ConfigError("export: only sampler='fps' is exportable (random sampling is not deterministic)")
-        if n_points < backbone.min_points:
-            raise ConfigError(f"export: n_points={n_points} is below the encoder's minimum {backbone.min_points}")
+        check_exportable(model, n_points)
         self.model = model.eval()
         self.n_points = int(n_points)
-        self.normalize = normalize
-        self.check_input = check_input  # TorchScript only: ONNX runtimes check the static point axis themselves
-        self._sa_type, self._inv_type = SetAbstraction, InvResMLP
-
-    def _stages(self, p: Tensor, f: Tensor) -> Tensor:
-        backbone = self.model.encoder
-        for stage in backbone.encoder:
-            cache: dict[tuple[float, int], Tensor] = {}
-            for block in stage:
-                if isinstance(block, self._sa_type):
-                    if block.is_head:
-                        for conv in block.convs:
-                            f = _conv(conv, f)
-                    elif block.all_aggr:
-                        x = torch.cat([p, f], dim=-1)
-                        for conv in block.convs:
-                            x = _conv(conv, x)
-                        f = x.max(dim=1, keepdim=True).values
-                    else:
-                        npoint = p.shape[1] // block.stride
-                        idx = fps_export(p, npoint)
-                        new_p = _gather(p, idx)
-                        nbr = ball_query_export(p, new_p, block.radius, block.nsample)
-                        scale = 1.0 / block.radius if block.normalize_dp else 1.0
-                        out = _grouped(list(block.convs), p, f, new_p, nbr, scale, "max")
-                        if block.use_res:
-                            skip = _gather(f, idx)
-                            if not isinstance(block.skipconv, nn.Identity):
-                                skip = _conv(block.skipconv, skip)
-                            out = F.relu(out + skip)
-                        p, f = new_p, out
-                elif isinstance(block, self._inv_type):
-                    la = block.convs
-                    key = (la.radius, la.nsample)
-                    if key not in cache:
-                        cache[key] = ball_query_export(p, p, la.radius, la.nsample)
-                    scale = 1.0 / la.radius if la.normalize_dp else 1.0
-                    h = _grouped(list(la.convs), p, f, p, cache[key], scale, la.reduction)
-                    for conv in block.pwconv:
-                        h = _conv(conv, h)
-                    f = F.relu(h + f) if block.use_res else F.relu(h)
-                else:
-                    raise ConfigError(f"export: unsupported encoder block {type(block).__name__}")
-        return f.max(dim=1).values
+        self.check_input = check_input
 
     def forward(self, points: Tensor) -> Tensor:
+        from captionless3d.models.ops import export_mode
+
         if self.check_input:
             points = _scripted_check()(points, self.n_points)
-        p = points.float()
-        if self.normalize:
-            p = p - p.mean(dim=1, keepdim=True)
-            p = p / p.norm(dim=-1).amax(dim=1).clamp_min(1e-12)[:, None, None]
-        backbone = self.model.encoder
-        if backbone.in_channels == 3:
-            f = p
-        elif backbone.in_channels == 4:
-            h = p[..., backbone.height_dim:backbone.height_dim + 1]
-            f = torch.cat([p, h - h.min(dim=1, keepdim=True).values], dim=-1)
-        else:
-            raise ConfigError(f"export: in_channels={backbone.in_channels} needs extra features; only 3 or 4 export")
-        emb = self.model.head(self._stages(p, f))
-        return emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        with export_mode():
+            return _embed(self.model, points)
 
 
 # --------------------------------------------------------------------------------------------------- exporters
 def _example(n_points: int, batch: int = 2, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, n_points, 3, generator=g)
-
-
-@torch.no_grad()
-def reference_embeddings(model: nn.Module, points: Tensor) -> Tensor:
-    """What the PyTorch model gives for raw clouds ``(B, N, 3)``: normalise, encode, L2-normalise (``(B, D)``)."""
-    from captionless3d.data.pointcloud import normalise_unit_sphere
-
-    emb = model.eval()(normalise_unit_sphere(points.float()))
-    return emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def export_torchscript(model: nn.Module, n_points: int, path: str | os.PathLike) -> Path:
@@ -284,7 +166,7 @@ def export_torchscript(model: nn.Module, n_points: int, path: str | os.PathLike)
 
 def export_onnx(model: nn.Module, n_points: int, path: str | os.PathLike, *, opset: int = ONNX_OPSET) -> Path:
     """ONNX (``points (batch, n_points, 3)`` -> ``embedding (batch, D)``, dynamic ``batch``) via the TorchScript
-    exporter (the FPS loop unrolled; no ``onnxscript`` needed)."""
+    exporter (the sampling loops unrolled; no ``onnxscript`` needed)."""
     import io
     import warnings
 
@@ -417,8 +299,8 @@ def model_card(api_model: Any, files: Sequence[str]) -> str:
     mining = cfg.get("mining") or {}
     return f"""# captionless3d point encoder: `{api_model.experiment or 'model'}`
 
-A PointNeXt student trained to embed 3D point clouds into the frozen CLIP teacher's joint image/text space
-(captionless training: rendered views only, hard negatives mined from CLIP knowledge).
+A point-cloud student (backbone below) trained to embed 3D point clouds into the frozen CLIP teacher's joint
+image/text space (captionless training: rendered views only, hard negatives mined from CLIP knowledge).
 
 | | |
 | --- | --- |
@@ -499,8 +381,7 @@ def export(checkpoint: str | os.PathLike, formats: str | Sequence[str], out: str
 __all__ = [
     "FORMATS",
     "ExportablePointEncoder",
-    "fps_export",
-    "ball_query_export",
+    "check_exportable",
     "reference_embeddings",
     "export_torchscript",
     "export_onnx",

@@ -1,10 +1,19 @@
-"""Point ops against brute-force Python references of OpenPoints' CUDA kernels."""
+"""Point ops against brute-force Python references of OpenPoints' CUDA kernels; their export mode (traceable path)
+against the CPU path."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from captionless3d.models.ops import ball_query, furthest_point_sample, gather_points, group_points, knn
+from captionless3d.models.ops import (
+    ball_query,
+    export_mode,
+    furthest_point_sample,
+    gather_points,
+    group_points,
+    in_export_mode,
+    knn,
+)
 
 
 def _fps_reference(xyz: torch.Tensor, npoint: int, start: int = 0) -> list[list[int]]:
@@ -215,3 +224,55 @@ def test_bad_arguments_name_the_op_and_the_problem(call, match):
 
     with pytest.raises(DataError, match=match):
         call()
+
+
+def test_export_mode_ops_equal_the_cpu_ops():
+    """The traceable path gives the CPU path's indices exactly: FPS with duplicates (ties to the lowest index) and
+    another start, ball query with empty and short balls (and k < nsample), kNN with exact ties."""
+    g = torch.Generator().manual_seed(0)
+    xyz = torch.rand(3, 200, 3, generator=g)
+    xyz[1, 50:60] = xyz[1, 10]
+    query = torch.rand(3, 40, 3, generator=g) * 1.5  # some balls empty (outside the unit cube)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(3.0)] * 3, indexing="ij"), -1).reshape(1, 27, 3)
+    support = torch.cat([grid, grid[:, 13:14]], dim=1).expand(2, -1, -1)  # exact, tied distances and a duplicate
+    calls = [
+        lambda: furthest_point_sample(xyz, 64),
+        lambda: furthest_point_sample(xyz, 64, start=7),
+        lambda: furthest_point_sample(xyz[:, :9], 9),
+        *[lambda r=r, k=k: ball_query(xyz, query, r, k) for r, k in ((0.1, 8), (0.25, 32), (0.05, 4))],
+        lambda: ball_query(xyz[:, :5], query, 2.0, 8),  # k < nsample
+        *[lambda k=k: knn(support, support[:, [0, 13, 26]], k) for k in (1, 10, 28)],
+    ]
+    for i, call in enumerate(calls):
+        expected = call()
+        with export_mode():
+            assert in_export_mode()
+            got = call()
+        assert got.dtype == expected.dtype and torch.equal(got, expected), i
+    with export_mode():  # and the Python references directly
+        assert furthest_point_sample(xyz[:1, :60], 17, start=5).tolist() == _fps_reference(xyz[:1, :60], 17, 5)
+        assert knn(support, support[:, [0, 13, 26]], 10).tolist() == _knn_reference(support, support[:, [0, 13, 26]], 10)
+
+
+def test_export_mode_is_per_thread_nests_and_is_on_while_tracing():
+    import threading
+    import warnings
+
+    assert not in_export_mode()
+    seen = []
+    with export_mode():
+        with export_mode():
+            pass
+        assert in_export_mode()  # the inner block restored the outer setting
+        worker = threading.Thread(target=lambda: seen.append(in_export_mode()))
+        worker.start()
+        worker.join()
+    assert seen == [False] and not in_export_mode()
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return x * (2.0 if in_export_mode() else 1.0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream
+        traced = torch.jit.trace(scaled, (torch.ones(2),))
+    assert traced(torch.ones(2)).tolist() == [2.0, 2.0] and not in_export_mode()

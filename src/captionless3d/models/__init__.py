@@ -2,7 +2,8 @@
 pure PyTorch) in one registry, + projection head.
 
 ``build_backbone(name)`` returns any registered bare backbone, ``build_point_encoder(name, ...)`` backbone + head;
-``list_encoders()`` lists the names (docs/backbones.md).
+``list_encoders()`` lists the names (docs/backbones.md). ``export_mode()``: the traceable path of the point ops, under
+which ``torch.jit.trace`` / ``torch.onnx.export`` record any backbone's own ``forward`` (:mod:`captionless3d.export`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .factory import (
     register_encoder,
 )
 from .heads import PointEncoder, ProjectionHead
-from .ops import ball_query, furthest_point_sample, gather_points, group_points, knn
+from .ops import ball_query, export_mode, furthest_point_sample, gather_points, group_points, knn
 from .pointnext import PointNextEncoder
 
 # the other backbone families register their presets on import (timm style)
@@ -43,4 +44,5 @@ __all__ = [
     "knn",
     "gather_points",
     "group_points",
+    "export_mode",
 ]

@@ -29,6 +29,17 @@ Optional GPU kernels, one registry (:data:`_CUDA_OPS`) for CUDA tensors, CPU ten
   the Triton that ships with torch, nothing to build. ``ops_backend: auto`` (:func:`enable_auto_ops`): the same when
   a CUDA device is visible and the kernels pass a self-check there, otherwise the PyTorch ops. Opt-in: ``torch``
   stays the default until a GPU measurement shows Triton faster.
+
+Export mode (:func:`export_mode`, and automatically while ``torch.jit.trace`` / ``torch.onnx.export`` record): the
+same ops with the same results, written as one traceable graph. The CPU path above cannot be recorded: its batch
+slices run on worker threads (the tracer sees only the calling thread), its loops are bounded by the batch size
+(the trace would freeze it), the FPS loop is a TorchScript function with ``out=`` buffers and the ball query uses
+``searchsorted`` (no ONNX equivalent). In export mode FPS is a plain Python loop over the samples (unrolled by the
+tracer, vectorised over the batch), ball query and kNN materialise the whole ``(B, M, N)`` distance matrix and rank
+it with ``topk`` / ``argmin`` (lowest index on ties, as here), and the fused grouped layers of
+:mod:`captionless3d.models.pointnext` take their plain (``fused=False``) path; the gathers trace as they are. This is
+how :mod:`captionless3d.export` traces the models' own ``forward``. It is slower and needs more memory, so training
+and evaluation never use it.
 """
 from __future__ import annotations
 
@@ -67,6 +78,8 @@ __all__ = [
     "cuda_ops_source",
     "kernels_on_cpu",
     "import_cuda_ops",
+    "export_mode",
+    "in_export_mode",
 ]
 
 #: Largest ``queries * support block`` a ball-query step materialises (float32: 4 bytes each).
@@ -95,6 +108,30 @@ HOT_LOOP_WORKERS: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_key: tuple[int, int] = (0, 0)  # (pid, max_workers): a forked child must not use its parent's dead threads
 _pool_lock = threading.Lock()
+
+#: Per-thread export-mode flag (:func:`export_mode`): a thread exporting a model does not change the ops of another
+#: thread that trains or evaluates one.
+_export_state = threading.local()
+
+
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """Inside the block, on this thread, the point ops take their traceable path (module doc, "Export mode"):
+    same results, one graph that ``torch.jit.trace`` and ``torch.onnx.export`` can record with a dynamic batch axis.
+    Nests; the previous setting is restored on exit."""
+    previous = getattr(_export_state, "on", False)
+    _export_state.on = True
+    try:
+        yield
+    finally:
+        _export_state.on = previous
+
+
+def in_export_mode() -> bool:
+    """True inside :func:`export_mode` on this thread, or while a tracer records (``torch.jit.trace``, the
+    TorchScript-based ``torch.onnx.export``): a trace of the threaded CPU path would silently miss the work done on
+    worker threads."""
+    return getattr(_export_state, "on", False) or torch.jit.is_tracing()
 
 
 @contextlib.contextmanager
@@ -358,6 +395,8 @@ def furthest_point_sample(xyz: Tensor, npoint: int, start: int = 0) -> Tensor:
     if not 0 <= start < N:
         raise DataError(f"furthest_point_sample: start={start} must be in [0, N={N})")
     xyz = xyz.detach().float()
+    if in_export_mode():
+        return _fps_traceable(xyz, npoint, start)
     if _use_cuda_ops(xyz):
         idx = _CUDA_OPS["fps"](xyz.contiguous(), npoint, start)
         if idx is not None:  # None: this kernel cannot start at ``start``
@@ -405,6 +444,24 @@ def _fps_into(xyz: Tensor, out: Tensor) -> None:
         out[:, i : i + 1] = far
 
 
+def _fps_traceable(xyz: Tensor, npoint: int, start: int) -> Tensor:
+    """Export-mode FPS (:func:`export_mode`), ``xyz (B, N, 3)`` float32 -> ``(B, npoint)`` int64: the arithmetic of
+    :func:`_fps_into` (``d = t0*t0 + t1*t1 + t2*t2`` of the direct differences, running minimum, first index of the
+    maximum) without ``out=`` buffers or batch-size constants; a tracer unrolls the ``npoint - 1`` steps."""
+    x0, x1, x2 = xyz[..., 0], xyz[..., 1], xyz[..., 2]  # (B, N)
+    dist = torch.full_like(x0, 1e10)
+    far = torch.full_like(x0[:, :1], start, dtype=torch.long)  # (B, 1)
+    picks = [far]
+    for _ in range(1, npoint):
+        t0 = x0 - x0.gather(1, far)
+        t1 = x1 - x1.gather(1, far)
+        t2 = x2 - x2.gather(1, far)
+        dist = torch.minimum(dist, t0 * t0 + t1 * t1 + t2 * t2)
+        far = dist.argmax(dim=1, keepdim=True)  # first index on ties (ONNX ArgMax: select_last_index=0)
+        picks.append(far)
+    return torch.cat(picks, dim=1)
+
+
 _FPS_LOOP: tuple[Callable[[Tensor, Tensor], None], bool] | None = None
 
 
@@ -447,9 +504,11 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
     M = query.shape[1]
     support = support.detach().float()
     query = query.detach().float()
+    r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
+    if in_export_mode():
+        return _ball_query_traceable(support, query, r2, nsample)
     if _use_cuda_ops(support):
         return _CUDA_OPS["ball_query"](support.contiguous(), query.contiguous(), float(radius), nsample).long()
-    r2 = float(torch.tensor(radius, dtype=torch.float32) ** 2)
     k = min(nsample, N)
     # the j-th in-ball point of a row is where its running count of in-ball points first reaches j
     ranks = torch.arange(1, k + 1, dtype=torch.float32, device=support.device)
@@ -465,6 +524,26 @@ def ball_query(support: Tensor, query: Tensor, radius: float, nsample: int) -> T
 
     run_parts(part, batch_parts(B, workers))
     return out
+
+
+def _ball_query_traceable(support: Tensor, query: Tensor, r2: float, nsample: int) -> Tensor:
+    """Export-mode ball query (:func:`export_mode`): the in-ball test of :func:`_ball_operands` on the whole
+    ``(B, M, N)`` matrix, then the first ``k`` in-ball indices by ``topk`` of the keys ``N..1`` (larger key = lower
+    index, 0 = outside the ball; exact in float32 for ``N < 2^24``, the same bound as the running count of the CPU
+    path), padded as :func:`_write_padded` does."""
+    n = support.shape[1]
+    k = min(nsample, n)
+    s_aug, q_aug, thr = _ball_operands(support, query, r2)
+    inside = torch.bmm(q_aug, s_aug) < thr.unsqueeze(-1)  # (B, M, N)
+    keys = torch.arange(n, 0, -1, dtype=torch.float32, device=support.device)
+    top = torch.where(inside, keys, torch.zeros_like(keys)).topk(k, dim=-1, largest=True, sorted=True).values
+    idx = (n - top).long()  # (B, M, k); where top == 0 this is n: not a neighbour
+    valid = top > 0
+    first = torch.where(valid[..., :1], idx[..., :1], torch.zeros_like(idx[..., :1]))
+    idx = torch.where(valid, idx, first)
+    if k < nsample:
+        idx = torch.cat([idx, first.expand(-1, -1, nsample - k)], dim=-1)
+    return idx
 
 
 def _ball_operands(support: Tensor, query: Tensor, r2: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -572,6 +651,8 @@ def knn(support: Tensor, query: Tensor, k: int) -> Tensor:
         raise DataError(f"knn: k={k} must be in [1, N={N}]")
     support = support.detach().float()
     query = query.detach().float()
+    if in_export_mode():
+        return _knn_traceable(support, query, k)
     if "knn" in _CUDA_OPS and _use_cuda_ops(support):
         return _CUDA_OPS["knn"](support.contiguous(), query.contiguous(), k).long()
     out = torch.empty(B, M, k, dtype=torch.long, device=support.device)
@@ -581,6 +662,20 @@ def knn(support: Tensor, query: Tensor, k: int) -> Tensor:
         d = (query[:, m0:m1, None, :] - support[:, None, :, :]).square_().sum(-1)  # (B, m, N)
         out[:, m0:m1] = torch.sort(d, dim=-1, stable=True).indices[..., :k]
     return out
+
+
+def _knn_traceable(support: Tensor, query: Tensor, k: int) -> Tensor:
+    """Export-mode kNN (:func:`export_mode`): the squared distances of :func:`knn` on the whole ``(B, M, N)``
+    matrix, ranked by ``k`` steps of "first index of the minimum, then rule it out". That is the order of the stable
+    sort (ascending distance, lower index on ties); ``torch.sort(stable=True)`` itself has no ONNX export, and
+    ``topk`` does not promise an order for ties in PyTorch."""
+    d = (query[:, :, None, :] - support[:, None, :, :]).square().sum(-1)  # (B, M, N)
+    picks = []
+    for _ in range(k):
+        nearest = d.argmin(dim=-1, keepdim=True)  # (B, M, 1), first index on ties
+        picks.append(nearest)
+        d = d.scatter(-1, nearest, float("inf"))  # finite inputs (k <= N): a taken point is never the minimum again
+    return torch.cat(picks, dim=-1)
 
 
 def flat_index(idx: Tensor, n: int) -> Tensor:

@@ -9,7 +9,10 @@ Same modules, same parameter names and shapes (``encoder.{stage}.{block}.convs.0
   per *source* point and then gathered, instead of on ``nsample`` copies (exact up to float rounding);
 * with ``fused=True`` (default) the grouped part "gather -> BN -> ReLU [-> conv -> BN] -> max over neighbours" runs
   as one chunked autograd function (:mod:`captionless3d.models.grouped`) that never materialises the
-  ``(B, npoint, nsample, C)`` tensors at full size; ``fused=False`` uses plain autograd ops (reference path).
+  ``(B, npoint, nsample, C)`` tensors at full size; ``fused=False`` uses plain autograd ops (reference path);
+* in export mode (:func:`captionless3d.models.ops.export_mode`, and whenever a tracer records) the point ops and the
+  grouped layers take their traceable paths, so ``torch.jit.trace`` / ``torch.onnx.export`` record this ``forward``
+  itself (:mod:`captionless3d.export`).
 
 Semantics kept from OpenPoints: stride-1 first stage = a plain per-point conv (with bias, no norm/act); a stride-1
 later stage = "group all" (absolute xyz concatenated with features); set abstraction (SA) with farthest point
@@ -30,7 +33,7 @@ from torch import Tensor, nn
 from captionless3d.errors import ConfigError, DataError
 
 from . import grouped as _grouped
-from .ops import ball_query, furthest_point_sample, gather_points, group_points, random_sample
+from .ops import ball_query, furthest_point_sample, gather_points, group_points, in_export_mode, random_sample
 
 __all__ = ["PointNextEncoder", "ConvBlock", "SetAbstraction", "InvResMLP", "LocalAggregation", "batch_norm_last"]
 
@@ -274,9 +277,12 @@ def _grouped_mlp_max(
 ) -> Tensor:
     """``pool_k( blocks[1:]( post0( u[nbr] - v ) ) )`` -> ``(B, M, C_out)``; ``post0`` = BN/ReLU of ``blocks[0]``.
 
-    The fused path is a CPU optimisation: on a GPU (H200, 32 x 2048 train step) plain autograd was 26x faster.
+    The fused path is a CPU optimisation: on a GPU (H200, 32 x 2048 train step) plain autograd was 26x faster. In
+    export mode (:func:`~captionless3d.models.ops.export_mode`) the plain path runs: the fused op is a custom
+    autograd function on worker threads, which neither TorchScript nor ONNX can record.
     """
-    if fused and u.device.type == "cpu" and reduction == "max" and _grouped.supports(blocks):
+    if (fused and u.device.type == "cpu" and reduction == "max" and not in_export_mode()
+            and _grouped.supports(blocks)):
         return _grouped.grouped_mlp_max(u, v, nbr, blocks)
     h = blocks[0].post(group_points(u, nbr) - v.unsqueeze(2))
     for blk in blocks[1:]:
