@@ -113,7 +113,7 @@ def run_benchmarks(
     ``results.md``; log ``test/<benchmark>/<metric>`` scalars.
 
     TensorBoard artefacts (projector, retrieval examples, confusion matrix) go to the first TensorBoard logger in
-    ``loggers``; without one to a writer in ``tensorboard_dir`` (``"auto"``: ``<output_dir>/tensorboard``; ``None``:
+    ``loggers`` (the two images also to every logger with a ``log_image`` method, e.g. W&B, under the same tags); without one to a writer in ``tensorboard_dir`` (``"auto"``: ``<output_dir>/tensorboard``; ``None``:
     no TensorBoard). A benchmark's ``runner.artefacts`` options (:data:`.artefacts.ARTEFACT_DEFAULTS`) tune or
     disable them.
 
@@ -180,13 +180,20 @@ def run_benchmarks(
             if artefacts["enabled"] and not writer_checked:  # open (or find) the writer once, when first needed
                 writer, owned = tensorboard_writer(loggers, fallback)
                 writer_checked = True
-            write_benchmark_artefacts(
+            written = write_benchmark_artefacts(
                 bench_dir, name, bench.collection, result.embeddings, writer=writer, step=step, options=artefacts,
                 confusion_png=confusion_png,
             )
+            # the same images to loggers that take images (W&B), under TensorBoard's tags
+            images = {f"test/{name}/{key}": path for key, path in written.items() if Path(path).suffix == ".png"}
+            if artefacts["enabled"] and confusion_png is not None and Path(confusion_png).is_file():
+                images[f"test/{name}/confusion_matrix"] = Path(confusion_png)
             for logger in loggers or ():
                 if hasattr(logger, "log_metrics"):
                     logger.log_metrics({f"test/{name}/{k}": float(v) for k, v in metrics.items()}, step=step)
+                if callable(getattr(logger, "log_image", None)):
+                    for tag, path in images.items():
+                        logger.log_image(key=tag, images=[str(path)], step=step)
             results[name] = result
     finally:
         if owned and writer is not None:
