@@ -117,4 +117,4 @@ def export_hf(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict[str
             "seconds": round(time.perf_counter() - started, 2)}
 
 
-__all__ = ["CARD_TAGS", "hf_config", "hf_model_card", "export_hf"]
+__all__ = ["CARD_TAGS", "export_hf", "hf_config", "hf_model_card"]

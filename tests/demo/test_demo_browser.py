@@ -80,10 +80,9 @@ def _rows(driver, element_id: str) -> list[list[str]]:
 
 def _canvas_drawn(driver, element_id: str, timeout: float = 60) -> bool:
     """Whether the 3D viewer's WebGL canvas shows anything but the white background (Babylon draws asynchronously)."""
+    from PIL import Image
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from PIL import Image
 
     def drawn(d):
         canvases = d.find_elements(By.CSS_SELECTOR, f"#{element_id} canvas")

@@ -71,8 +71,8 @@ def resolve_hub_reference(reference: str) -> Path:
     """
     repo_id, revision = parse_hub_reference(reference)
     try:
-        from huggingface_hub import snapshot_download
         from huggingface_hub import errors as hub_errors
+        from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ConfigError(f"{reference}: loading from the Hub needs huggingface_hub: pip install "
                           "'captionless3d[hub]'") from exc
@@ -147,7 +147,7 @@ def read_pretrained(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         raise CheckpointError(f"{weights}: missing (a pretrained directory holds {', '.join(PRETRAINED_FILES)})")
     try:
         state = load_file(str(weights))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own (Rust) error types
+    except Exception as exc:
         raise CheckpointError(f"{weights}: unreadable weights ({type(exc).__name__}: {exc})") from exc
     training = config["training_config"]
     if not isinstance(training, dict):
@@ -169,17 +169,17 @@ def read_pretrained(directory: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
 
 __all__ = [
-    "HF_PREFIX",
-    "WEIGHTS_FILE",
-    "CONFIG_FILE",
     "CARD_FILE",
+    "CONFIG_FILE",
+    "HF_PREFIX",
     "PRETRAINED_FILES",
     "PRETRAINED_FORMAT",
     "PRETRAINED_FORMAT_VERSION",
+    "WEIGHTS_FILE",
     "is_hub_reference",
-    "parse_hub_reference",
-    "resolve_hub_reference",
     "is_pretrained_dir",
-    "read_pretrained_config",
+    "parse_hub_reference",
     "read_pretrained",
+    "read_pretrained_config",
+    "resolve_hub_reference",
 ]

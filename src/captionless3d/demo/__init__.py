@@ -17,15 +17,15 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 __all__ = [
-    "DemoService",
-    "DemoHit",
-    "QueryResult",
-    "cloud_to_glb",
-    "parse_labels",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
-    "find_demo_checkpoint",
+    "DemoHit",
+    "DemoService",
+    "QueryResult",
+    "cloud_to_glb",
     "ensure_demo_index",
     "export_world_shapes",
+    "find_demo_checkpoint",
     "load_world_of",
+    "parse_labels",
 ]

@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from captionless3d.demo import DEFAULT_HOST, DEFAULT_PORT
 from captionless3d.errors import Captionless3DError

@@ -173,4 +173,4 @@ def launch_demo(service: DemoService, host: str = DEFAULT_HOST, port: int | None
     return demo, url
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_FILE_SIZE", "build_demo", "launch_demo", "label_table", "hit_table"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MAX_FILE_SIZE", "build_demo", "hit_table", "label_table", "launch_demo"]

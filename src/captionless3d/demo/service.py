@@ -13,9 +13,10 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -224,4 +225,4 @@ class DemoService:
         return target
 
 
-__all__ = ["DemoHit", "DemoService", "QueryResult", "MAX_K", "cloud_to_glb", "parse_labels"]
+__all__ = ["MAX_K", "DemoHit", "DemoService", "QueryResult", "cloud_to_glb", "parse_labels"]
