@@ -123,9 +123,9 @@ def test_upload_results_3d_screenshot_and_errors_in_chromium(browser, demo_url, 
     hits = _rows(driver, "hit-table")
     assert [row[0] for row in hits] == ["1", "2", "3", "4"]
     assert hits[0][1] == index.paths[5] and float(hits[0][2]) > 0.99  # itself first
-    WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hits img")) == 4)
-    widths = driver.execute_script("return Array.from(document.querySelectorAll('#hits img')).map(i => i.naturalWidth)")
-    assert widths == [96] * 4  # every thumbnail came from the index
+    widths_js = "return Array.from(document.querySelectorAll('#hits img')).map(i => i.complete ? i.naturalWidth : 0)"
+    WebDriverWait(driver, 30).until(lambda d: len(d.execute_script(widths_js)) == 4 and all(d.execute_script(widths_js)))
+    assert driver.execute_script(widths_js) == [96] * 4  # every thumbnail came from the index
     assert _canvas_drawn(driver, "query-3d"), "the uploaded cloud was not drawn in the 3D viewer"
     assert _canvas_drawn(driver, "hit-3d"), "the first result was not drawn in the 3D viewer"
     assert index.paths[5] in _text(driver, "hit-3d")
