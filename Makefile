@@ -1,7 +1,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install test train eval bench demo reproduce reproduce-quick clean
+.PHONY: install test lint train eval bench demo reproduce reproduce-quick clean
 
 install:  ## one command: fresh virtual environment + package + test tools
 	python3 -m venv .venv
@@ -10,6 +10,9 @@ install:  ## one command: fresh virtual environment + package + test tools
 
 test:
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint:  ## ruff (installed by the dev extra; configuration in pyproject.toml)
+	$(PY) -m ruff check src tests scripts benchmarks
 
 train:
 	$(PY) -m captionless3d.train

@@ -270,7 +270,7 @@ def throughput(bk: Backends, device: str, cases: list, warmup: int, repeats: int
                     row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             rows.append(row)
             _emit(row)
-            del model
+            model = None  # free it (step() above reads the name, so it is rebound, not deleted)
     ops.disable_cuda_ops()
     return rows
 

@@ -1,7 +1,7 @@
 """Exact global top-k: captionless3d.mining.topk_similar vs faiss IndexFlatIP (if importable), same data, same process.
 
-    python -m benchmarks.bench_topk                  # N=100 000, d=512, k=64: ours, faiss, ours, faiss (~2 min, 2 idle cores)
-    python -m benchmarks.bench_topk --quick          # N=5 000 (CI)
+    python -m benchmarks.bench_topk            # N=100 000, d=512, k=64: ours, faiss, ours, faiss (~2 min, 2 idle cores)
+    python -m benchmarks.bench_topk --quick    # N=5 000 (CI)
     python -m benchmarks.bench_topk --n 20000 --rounds 1 --no-faiss
 
 Data: unit vectors drawn around 200 random "category" centres (CLIP-like clustered embeddings), float32; metric "ip"
@@ -193,8 +193,9 @@ def main() -> None:
     rows = np.sort(rng.choice(n, size=min(args.check_rows, n), replace=False))
     ref_v, ref_i = brute_rows(x, rows, k)
     ours_i, ours_v = i.numpy()[rows], v.numpy()[rows]
-    print(f"ours vs float64 brute force on {rows.size} rows: exact-order index match {np.mean(ours_i == ref_i) * 100:.3f}%, "
-          f"set overlap {set_agreement(ours_i, ref_i) * 100:.3f}%, max |value diff| {np.abs(ours_v - ref_v).max():.2e}")
+    print(f"ours vs float64 brute force on {rows.size} rows: exact-order index match "
+          f"{np.mean(ours_i == ref_i) * 100:.3f}%, set overlap {set_agreement(ours_i, ref_i) * 100:.3f}%, max |value "
+          f"diff| {np.abs(ours_v - ref_v).max():.2e}")
     if fi is not None:
         # drop the self match (FAISS returns it first unless a duplicate ties with it)
         fi_ns = np.stack([row[row != q][:k] for q, row in enumerate(fi)])

@@ -84,7 +84,6 @@ def _fmt(value, spec: str, width: int) -> str:
 # ------------------------------------------------------------------------------------------------------ section 1
 def section_pointnext(quick: bool) -> None:
     from benchmarks.bench_pointnext import matmul_gflops, run_config
-
     from captionless3d.errors import ConfigError
     from captionless3d.models.ops import import_cuda_ops
 
@@ -114,8 +113,9 @@ def section_pointnext(quick: bool) -> None:
             dict(backend="compile", batch=B, points=n_def if quick else main_n, train=True)]
     if not quick:
         cfgs.append(dict(backend="compile", batch=B, points=fwd_n, train=False))
-    header = (f"{'backend':<8}{'mode':<6}{'B':>4}{'N':>6}{'step s':>8}{'best s':>8}{'samp/s':>8}{'RSS MB':>8}{'fwd GF/s':>9}"
-              f"{'exec GF/s':>10}{'%peak':>7}{'%pk ex':>7}{'ops%':>6}{'gath%':>6}{'warm s':>8}{'max|d|':>9}  load")
+    header = (f"{'backend':<8}{'mode':<6}{'B':>4}{'N':>6}{'step s':>8}{'best s':>8}{'samp/s':>8}{'RSS MB':>8}"
+              f"{'fwd GF/s':>9}{'exec GF/s':>10}{'%peak':>7}{'%pk ex':>7}{'ops%':>6}{'gath%':>6}{'warm s':>8}"
+              f"{'max|d|':>9}  load")
     print(header)
     results = []
     for c in cfgs:
@@ -129,18 +129,20 @@ def section_pointnext(quick: bool) -> None:
         r["best_s"] = min(r["step_s_all"])
         results.append(r)
         ex = r["executed_gflop_per_s"]
-        print(f"{r['backend']:<8}{'train' if r['train'] else 'fwd':<6}{r['batch']:>4}{r['points']:>6}{r['step_s']:>8.2f}{r['best_s']:>8.2f}"
-              f"{r['samples_per_s']:>8.1f}{r['peak_rss_mb']:>8.0f}{r['arch_gflop_per_s']:>9.1f}{_fmt(ex, '.1f', 10)}"
+        print(f"{r['backend']:<8}{'train' if r['train'] else 'fwd':<6}{r['batch']:>4}{r['points']:>6}"
+              f"{r['step_s']:>8.2f}{r['best_s']:>8.2f}{r['samples_per_s']:>8.1f}{r['peak_rss_mb']:>8.0f}"
+              f"{r['arch_gflop_per_s']:>9.1f}{_fmt(ex, '.1f', 10)}"
               f"{100 * r['arch_gflop_per_s'] / peak:>7.1f}{_fmt(ex and 100 * ex / peak, '.1f', 7)}"
               f"{100 * r['ops_share']:>6.1f}{_fmt(r['fused_gather_share'] and 100 * r['fused_gather_share'], '.1f', 6)}"
               f"{r['warmup_s']:>8.1f}{_fmt(r['max_abs_diff_vs_torch'], '.1e', 9)}  "
               f"{' '.join(f'{x:.1f}' for x in r['load_avg'])}", flush=True)
     print("step s: median of the timed steps, best s: fastest (used for the fits below: the least disturbed by "
-          "other processes); samp/s, GF/s from the median. fwd GF/s: OpenPoints-architecture FLOPs (forward analytic, x3 for a train step) / step time; exec: FLOPs "
-          "this code executes (FlopCounterMode); %peak vs the matmul peak above (measured again in each "
-          "subprocess); ops%: FPS + ball query + gathers outside the fused op; gath%: index_select/index_add_ "
-          "inside it (profiler self time); warm s: first step (compilation for compile); max|d|: output difference "
-          "to the torch backend with the same weights (train: backbone in train mode; fwd: model in eval mode)")
+          "other processes); samp/s, GF/s from the median. fwd GF/s: OpenPoints-architecture FLOPs (forward analytic, "
+          "x3 for a train step) / step time; exec: FLOPs this code executes (FlopCounterMode); %peak vs the matmul "
+          "peak above (measured again in each subprocess); ops%: FPS + ball query + gathers outside the fused op; "
+          "gath%: index_select/index_add_ inside it (profiler self time); warm s: first step (compilation for "
+          "compile); max|d|: output difference to the torch backend with the same weights (train: backbone in train "
+          "mode; fwd: model in eval mode)")
 
     def find(backend, b, n, train):
         return next((r for r in results if r["backend"] == backend and r["batch"] == b and r["points"] == n
@@ -171,8 +173,9 @@ def section_pointnext(quick: bool) -> None:
             if base:
                 speed = base["best_s"] / c["best_s"]
                 tag = f"{'train' if c['train'] else 'fwd'} {c['batch']}x{c['points']}"
-                print(f"compile vs torch, {tag}: {speed:.2f}x speed (best step {c['best_s']:.2f} s vs {base['best_s']:.2f} s),"
-                      f" compilation {c['warmup_s']:.0f} s, max |diff| {c['max_abs_diff_vs_torch']:.1e}")
+                print(f"compile vs torch, {tag}: {speed:.2f}x speed (best step {c['best_s']:.2f} s vs "
+                      f"{base['best_s']:.2f} s), compilation {c['warmup_s']:.0f} s, max |diff| "
+                      f"{c['max_abs_diff_vs_torch']:.1e}")
                 record("1 pointnext", f"compile speed-up {tag}", f"{speed:.2f}x (compile {c['warmup_s']:.0f} s)")
 
     # what the default run can afford: fit step time T(B, N) = c0 + c1 B + c2 B N (per-step overhead, per-sample
@@ -196,7 +199,8 @@ def section_pointnext(quick: bool) -> None:
         samples = DEFAULT_RUN["train_objects"] * DEFAULT_RUN["epochs"]
 
         def run_time(b, n):
-            return DEFAULT_RUN["epochs"] * math.ceil(DEFAULT_RUN["train_objects"] / b) * (c[0] + c[1] * b + c[2] * b * n)
+            return (DEFAULT_RUN["epochs"] * math.ceil(DEFAULT_RUN["train_objects"] / b)
+                    * (c[0] + c[1] * b + c[2] * b * n))
 
         def n_max(b):
             steps = DEFAULT_RUN["epochs"] * math.ceil(DEFAULT_RUN["train_objects"] / b)
@@ -226,7 +230,6 @@ def section_pointnext(quick: bool) -> None:
 # ------------------------------------------------------------------------------------------------------ section 2
 def section_loss(quick: bool) -> None:
     from benchmarks.bench_loss import make_stores
-
     from captionless3d.losses import WeightedDenominatorLoss
 
     objects = 4096 if quick else 20000
@@ -298,9 +301,9 @@ def section_world(quick: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------------ section 5
 def section_features(quick: bool) -> None:
-    from captionless3d.training.datamodule import PointViewDataset
     from captionless3d.teacher.openclip import create_teacher
     from captionless3d.teacher.synthetic import MODEL_NAME, SYNTHETIC_CLIP_TINY
+    from captionless3d.training.datamodule import PointViewDataset
 
     rng = np.random.default_rng(0)
     n_tiny = 128 if quick else 1024
@@ -387,7 +390,8 @@ def section_bench_features(quick: bool) -> None:
     results = run(quick=quick)
     for name, r in results.items():
         if name == "projection":
-            record("7 features", f"{r['images'] / 1e6:.1f} M images at the ViT-B-32 rate", f"{r['seconds'] / 3600:.1f} h")
+            record("7 features", f"{r['images'] / 1e6:.1f} M images at the ViT-B-32 rate",
+                   f"{r['seconds'] / 3600:.1f} h")
         else:
             record("7 features", f"{name} images/s | texts/s", f"{r['images_per_s']:.1f} | {r['texts_per_s']:.1f}")
 
@@ -398,7 +402,8 @@ def section_search(quick: bool) -> None:
 
     shapes = 20_000 if quick else 100_000
     for name, r in run(shapes=shapes, dim=512, k=5, queries=(1, 8), repeats=20 if quick else 50).items():
-        record("8 search", f"{shapes} shapes x 512 fp16, {name}: p50 | p95", f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} ms")
+        record("8 search", f"{shapes} shapes x 512 fp16, {name}: p50 | p95",
+               f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} ms")
 
 
 # ------------------------------------------------------------------------------------------------------ section 9
@@ -409,7 +414,8 @@ def section_backbones(quick: bool) -> None:
     for device in devices:
         for r in run(quick=quick, device=device):
             record("9 backbones", f"{r['name']} {device} {r['batch']}x{r['points']} train | fwd samples/s",
-                   f"{r['train_samples_per_s']:.1f} | {r['fwd_samples_per_s']:.1f} ({r['vs_pointnext_s']:.2f}x PointNeXt-S)")
+                   f"{r['train_samples_per_s']:.1f} | {r['fwd_samples_per_s']:.1f} ({r['vs_pointnext_s']:.2f}x "
+                   "PointNeXt-S)")
 
 
 SECTIONS: dict[str, tuple[str, Callable[[bool], None]]] = {

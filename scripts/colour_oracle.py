@@ -20,7 +20,6 @@ Exit status 2 on a bad argument or override.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,8 @@ def measure(cfg, split: str = "test", progress: bool = True) -> dict:
     prepared = prepare(cfg, with_priors=False)
     world, teacher, features = prepared.collection, prepared.teacher, prepared.features
     if not isinstance(world, SyntheticWorld):
-        raise ConfigError(f"data: {getattr(world, 'name', world)} is not a synthetic world; only those can be re-rendered")
+        raise ConfigError(f"data: {getattr(world, 'name', world)} is not a synthetic world; only those can be "
+                          "re-rendered")
     index = np.asarray(world.indices(split), dtype=np.int64)
     started = time.perf_counter()
     grey = rerender_views(world, index, "grey", progress=progress)
@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/colour_oracle"))
     parser.add_argument("--no-progress", action="store_true")
     args, overrides = parser.parse_known_args(argv)
+    from hydra.errors import HydraException
+
     from captionless3d.errors import Captionless3DError
     from captionless3d.utils.atomic import atomic_write_json
-
-    from hydra.errors import HydraException
 
     try:
         cfg = compose_config(overrides)

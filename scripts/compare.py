@@ -4,9 +4,9 @@
     python scripts/compare.py outputs/train/multiruns/<time> [more run dirs ...] [--benchmark heldout] [--out DIR]
 
 Every ``summary.json`` found below the given paths is one run; runs are grouped by their experiment name. The table
-is printed as Markdown and written as results.md/.csv/.json into ``--out`` (default: the first path). ``--same-category``
-also prints the full-gallery retrieval breakdown where every query ranks only its own category and writes it into
-``<out>/samecat/``. The tables carry the chance levels the runs recorded. The logic is
+is printed as Markdown and written as results.md/.csv/.json into ``--out`` (default: the first path).
+``--same-category`` also prints the full-gallery retrieval breakdown where every query ranks only its own category and
+writes it into ``<out>/samecat/``. The tables carry the chance levels the runs recorded. The logic is
 :mod:`captionless3d.evaluation.compare`; ``scripts/reproduce_table.py`` trains runs and tabulates them the same way.
 
 Paired comparison (variants trained with paired seeds: the same seed gives every variant the same initial weights and
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default="baseline",
                         help="experiment every other one is compared with, seed by seed (default: baseline)")
     parser.add_argument("--paired-metrics", nargs="+", metavar="KEY", default=None,
-                        help="metric keys of the paired comparison (default: %s)" % " ".join(DEFAULT_PAIRED_METRICS))
+                        help=f"metric keys of the paired comparison (default: {' '.join(DEFAULT_PAIRED_METRICS)})")
     parser.add_argument("--lower-is-better", nargs="+", metavar="PATTERN", default=[],
                         help="metric key patterns (fnmatch) where lower is better in the paired comparison "
                              "(default: none)")

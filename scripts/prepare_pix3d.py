@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from captionless3d.prepare_data import make_parser, run
 from captionless3d.data.readers import read_pix3d
+from captionless3d.prepare_data import make_parser, run
 
 
 def build_parser():

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from captionless3d.prepare_data import none_or_int, make_parser, run
 from captionless3d.data.readers import read_scanobjectnn
+from captionless3d.prepare_data import make_parser, none_or_int, run
 
 
 def build_parser():

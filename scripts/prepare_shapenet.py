@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from captionless3d.prepare_data import make_parser, run
 from captionless3d.data.readers import read_ulip_shapenet
+from captionless3d.prepare_data import make_parser, run
 
 
 def _int_list(value: str) -> list[int] | None:
@@ -24,7 +24,8 @@ def _int_list(value: str) -> list[int] | None:
 def build_parser():
     parser = make_parser(__doc__.splitlines()[0], "shapenet-55")
     g = parser.add_argument_group("reader (= data.collection.* of configs/data/shapenet_ulip2.yaml)")
-    g.add_argument("--image-dir", default=None, help="rendered_images | only_rgb_depth_images (default: whichever exists)")
+    g.add_argument("--image-dir", default=None,
+                   help="rendered_images | only_rgb_depth_images (default: whichever exists)")
     g.add_argument("--view-angles", type=_int_list, default=None, help="comma-separated azimuths (default: all 30)")
     g.add_argument("--image-size", type=int, default=224)
     g.add_argument("--background", default="white")

@@ -35,8 +35,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from captionless3d.reproduce import available_presets, reproduce
 

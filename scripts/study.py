@@ -23,7 +23,6 @@ Exit status: 0 done; 1 a run failed (its log is named); 2 a bad spec.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -132,7 +131,7 @@ def study_table(spec: dict[str, Any], out: Path, benchmark: str = "heldout"):
 
     groups: dict[str, list[dict[str, float]]] = {}
     oracles: list[dict[str, float]] = []
-    for path, summary in find_summaries([out]):
+    for _path, summary in find_summaries([out]):
         name = str(summary.get("experiment"))
         if name not in spec["runs"] or not (summary.get("metrics") or {}).get(benchmark):
             continue

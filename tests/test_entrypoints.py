@@ -20,7 +20,8 @@ TINY = ["data=synthetic_tiny", "teacher=synthetic_tiny", "trainer=fast_dev"]
 
 def _run(module: str, args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", module, *args, f"paths.cache_dir={root / 'cache'}", f"paths.output_dir={root / 'outputs'}"]
+    cmd = [sys.executable, "-m", module, *args, f"paths.cache_dir={root / 'cache'}",
+           f"paths.output_dir={root / 'outputs'}"]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -38,7 +39,8 @@ def test_train_writes_checkpoint_tensorboard_and_results(trained):
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("results.md", "summary.json", "results/heldout/results.csv", "results/heldout/results.json", "results/heldout/confusion_matrix.png"):
+    for name in ("results.md", "summary.json", "results/heldout/results.csv", "results/heldout/results.json",
+                 "results/heldout/confusion_matrix.png"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = summary["metrics"]["heldout"]
@@ -48,12 +50,14 @@ def test_train_writes_checkpoint_tensorboard_and_results(trained):
     oracle = summary["oracle"]["heldout"]
     assert 0.0 <= oracle["retrieval/nobg/gallery/i2s_r1"] <= 100.0 and summary["seed"] == 0
     if oracle["zeroshot/top1"] > 0:
-        assert metrics["efficiency/zeroshot_top1"] == pytest.approx(100 * metrics["zeroshot/top1"] / oracle["zeroshot/top1"])
+        assert (metrics["efficiency/zeroshot_top1"]
+                == pytest.approx(100 * metrics["zeroshot/top1"] / oracle["zeroshot/top1"]))
 
 
 def test_second_run_reuses_caches_and_resume_from_last(trained):
     root, run_dir = trained
-    proc = _run("captionless3d.train", [*TINY, "experiment=avg", f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_epochs=2"], root)
+    proc = _run("captionless3d.train",
+                [*TINY, "experiment=avg", f"hydra.run.dir={run_dir}", "ckpt_path=last", "trainer.max_epochs=2"], root)
     assert proc.returncode == 0, proc.stderr[-5000:]
     log = proc.stdout + proc.stderr
     assert "reusing prior store" in log
@@ -91,7 +95,8 @@ def test_eval_all_experiments_one_table(trained):
     with torch.no_grad():
         released.head.head[-1][0].bias.zero_()
     torch.save(ulip_checkpoint(released), root / "ulip_pointnext.pt")
-    args = ["ckpt=all", "baseline=[pointclip,ulip_pointnext]", f"baseline.ulip_pointnext.pretrained={root / 'ulip_pointnext.pt'}"]
+    args = ["ckpt=all", "baseline=[pointclip,ulip_pointnext]",
+            f"baseline.ulip_pointnext.pretrained={root / 'ulip_pointnext.pt'}"]
     proc = _run("captionless3d.eval", args, root)
     assert proc.returncode == 0, proc.stderr[-5000:]
     run_dir = max((root / "outputs" / "eval" / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
@@ -103,7 +108,8 @@ def test_eval_all_experiments_one_table(trained):
     assert len(budgets) == 1, budgets
     if "avg" not in names:
         assert "leaving out" in proc.stdout + proc.stderr
-    assert all("zeroshot/top1" in row["metrics"] and "zeroshot_openai_imagenet/top1" in row["metrics"] for row in table["rows"])
+    assert all("zeroshot/top1" in row["metrics"] and "zeroshot_openai_imagenet/top1" in row["metrics"]
+               for row in table["rows"])
     assert "validation" in table["protocol"]
     # the synthetic world has renders: a teacher-oracle reference row, and every model's distillation efficiency
     oracle = [row for row in table["rows"] if row["reference"]]
@@ -164,7 +170,8 @@ def test_bad_config_value_names_the_key(trained):
 
 
 def test_missing_data_directory_names_the_path(tmp_path):
-    args = ["data=shapenet_ulip2", "teacher=vitb32_random", "trainer=fast_dev", f"paths.data_dir={tmp_path / 'no_data'}"]
+    args = ["data=shapenet_ulip2", "teacher=vitb32_random", "trainer=fast_dev",
+            f"paths.data_dir={tmp_path / 'no_data'}"]
     proc = _run("captionless3d.train", args, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert str(tmp_path / "no_data") in proc.stderr and "Traceback" not in proc.stderr
@@ -196,7 +203,8 @@ def test_validation_scalars_are_logged_and_can_select_the_checkpoint(tmp_path):
     history = json.loads((run_dir / "summary.json").read_text())["validation_history"]
     assert [h["epoch"] for h in history] == [0, 1] and "train_fit/heldout/gallery/i2s_r1" in history[-1]
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint") and "'monitor': 'val/heldout" in k]
+    (state,) = [v for k, v in best["callbacks"].items()
+                if k.startswith("ModelCheckpoint") and "'monitor': 'val/heldout" in k]
     assert state["monitor"] == "val/heldout/gallery/i2s_r1" and state["best_model_score"] is not None
     protocol = json.loads((run_dir / "results" / "heldout" / "results.json").read_text())["protocol"]
     assert "(val/heldout/gallery/i2s_r1)" in protocol and "(val/loss)" not in protocol

@@ -202,7 +202,8 @@ def test_no_module_imports_another_modules_private_names():
     for folder in ("scripts", "benchmarks"):
         for path in sorted((ROOT / folder).glob("*.py")):
             bad += _private_imports(path, f"{folder}.{path.stem}")
-    assert not bad, "imports of another module's private names (make the helper public where it belongs):\n" + "\n".join(bad)
+    assert not bad, ("imports of another module's private names (make the helper public where it belongs):\n"
+                     + "\n".join(bad))
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "scripts").glob("*.py")), ids=lambda p: p.name)

@@ -2,8 +2,6 @@
 synthetic world, offline, and is committed with its outputs stripped."""
 from __future__ import annotations
 
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -40,7 +38,8 @@ def test_quickstart_notebook_runs_without_errors(tmp_path, monkeypatch):
     errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
               if out.get("output_type") == "error"]
     assert not errors
-    assert "trained a fast-dev checkpoint" in text and "top-1:" in text and "ShapeIndex(" in text and "the query shape ranks itself" in text
+    assert ("trained a fast-dev checkpoint" in text and "top-1:" in text and "ShapeIndex(" in text
+            and "the query shape ranks itself" in text)
     images = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
               if "image/png" in out.get("data", {})]
     assert len(images) >= 5, "the notebook shows its shapes, predictions and search hits as images"

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures.formats import write_modelnet40_dat, write_pix3d, write_scanobjectnn_h5, write_ulip_shapenet
 
 pytestmark = pytest.mark.slow
@@ -17,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 def _run(module: str, args: list[str], root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "CAPTIONLESS3D_DATA": str(root / "data")}
-    cmd = [sys.executable, "-m", module, *args, f"paths.cache_dir={root / 'cache'}", f"paths.output_dir={root / 'outputs'}"]
+    cmd = [sys.executable, "-m", module, *args, f"paths.cache_dir={root / 'cache'}",
+           f"paths.output_dir={root / 'outputs'}"]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -42,7 +42,8 @@ def test_shapenet_ulip2_train_then_eval_on_benchmarks(tmp_path):
         "captionless3d.eval",
         [
             f"ckpt={ckpt}", "eval=[modelnet40,scanobjectnn,pix3d]", "eval.modelnet40.runner.n_points=256",
-            "eval.scanobjectnn.runner.n_points=256", "eval.pix3d.runner.n_points=256", "eval.pix3d.collection.n_points=512",
+            "eval.scanobjectnn.runner.n_points=256", "eval.pix3d.runner.n_points=256",
+            "eval.pix3d.collection.n_points=512",
         ],
         tmp_path,
     )

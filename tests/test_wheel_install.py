@@ -44,7 +44,8 @@ def installed(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     shutil.copytree(REPO / "src" / "captionless3d", source / "src" / "captionless3d", ignore=ignore)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CAPTIONLESS3D_CACHE", "PROJECT_ROOT")}
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist")],
+    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w",
+          str(root / "dist")],
          source, env)
     (wheel,) = (root / "dist").glob("captionless3d-*.whl")
     venv = root / "venv"

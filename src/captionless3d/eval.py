@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,7 +37,8 @@ log = logging.getLogger("captionless3d.eval")
 def find_latest_checkpoint(output_dir: Path) -> Path:
     candidates = best_checkpoints(output_dir)
     if not candidates:
-        raise CheckpointError(f"ckpt=latest: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
+        raise CheckpointError(f"ckpt=latest: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or "
+                              "pass ckpt=<path>")
     return candidates[-1]
 
 
@@ -59,7 +61,8 @@ def newest_per_experiment(output_dir: Path) -> list[Path]:
     overall (same teacher, data, epochs, points, batch size and seed); the others are logged and left out."""
     candidates = best_checkpoints(output_dir)
     if not candidates:
-        raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass ckpt=<path>")
+        raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass "
+                              "ckpt=<path>")
     reference: dict[str, Any] | None = None
     chosen: dict[str, Path] = {}
     for path in reversed(candidates):  # newest first
@@ -67,7 +70,8 @@ def newest_per_experiment(output_dir: Path) -> list[Path]:
         signature = comparable_signature(meta)
         reference = reference or signature
         if signature != reference:
-            log.info("ckpt=all: leaving out %s (%s differs from the newest checkpoint's %s)", path, signature, reference)
+            log.info("ckpt=all: leaving out %s (%s differs from the newest checkpoint's %s)", path, signature,
+                     reference)
             continue
         chosen.setdefault(str(meta.get("experiment", path.stem)), path)
     return [chosen[name] for name in sorted(chosen)]
@@ -214,7 +218,8 @@ def run_eval(cfg: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
     paths = select_checkpoints(cfg.get("ckpt"), output_dir)
     baselines = list((cfg.get("baseline") or {}).keys())
     if not paths:
-        raise ConfigError("ckpt: no checkpoint selected; baselines need a checkpoint's data and teacher config (ckpt=<path>|latest|all)")
+        raise ConfigError("ckpt: no checkpoint selected; baselines need a checkpoint's data and teacher config "
+                          "(ckpt=<path>|latest|all)")
     results: list[ModelResult] = []
     reference: Prepared | None = None
     oracles: dict[str, dict[str, Any]] = {}

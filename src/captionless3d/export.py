@@ -200,7 +200,8 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike, info: dict[str
     try:
         from safetensors.torch import save
     except ImportError as exc:
-        raise ConfigError("export --format safetensors needs the 'safetensors' package: pip install safetensors") from exc
+        raise ConfigError("export --format safetensors needs the 'safetensors' package: pip install "
+                          "safetensors") from exc
     from captionless3d.utils.atomic import atomic_write_bytes
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -224,10 +225,12 @@ def load_safetensors_encoder(directory: str | os.PathLike) -> tuple[nn.Module, d
     try:
         state = load_file(str(directory / SAFETENSORS_FILE))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"{directory / SAFETENSORS_FILE}: unreadable weights ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{directory / SAFETENSORS_FILE}: unreadable weights ({type(exc).__name__}: "
+                              f"{exc})") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{directory}: weights do not fit config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(f"{directory}: weights do not fit config.json: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}")
     return model.eval(), config
 
 
@@ -277,13 +280,15 @@ def _results_summary(run_dir: Path | None) -> str:
         for bench, metrics in (summary.get("metrics") or {}).items():
             if not isinstance(metrics, dict):
                 continue
-            keys = [k for k in metrics if k.startswith(("zeroshot/top", "retrieval/")) and isinstance(metrics[k], (int, float))]
+            keys = [k for k in metrics
+                    if k.startswith(("zeroshot/top", "retrieval/")) and isinstance(metrics[k], (int, float))]
             keys.sort(key=lambda k: (not k.startswith("zeroshot/"), k))  # zero-shot first, then retrieval
             rows = "\n".join(f"| {k} | {float(metrics[k]):.2f} |" for k in keys[:24])
             parts.append(f"\n### {bench} (summary.json, percent)\n\n| metric | value |\n| --- | --- |\n{rows}")
     for md in sorted((run_dir / "results").glob("*/results.md")) if (run_dir / "results").is_dir() else []:
         try:
-            parts.append(f"\n### {md.parent.name} (results/{md.parent.name}/results.md)\n\n{md.read_text('utf-8').strip()}")
+            parts.append(f"\n### {md.parent.name} "
+                         f"(results/{md.parent.name}/results.md)\n\n{md.read_text('utf-8').strip()}")
         except OSError:
             continue
     return "\n".join(parts)
@@ -297,6 +302,8 @@ def model_card(api_model: Any, files: Sequence[str]) -> str:
     model_cfg = cfg.get("model") or {}
     loss = (cfg.get("loss") or {}).get("_target_", "?")
     mining = cfg.get("mining") or {}
+    backbone = (f"`{model_cfg.get('name', '?')}` (in_channels {model_cfg.get('in_channels', '?')}, head "
+                f"{model_cfg.get('head_mlps', '?')})")
     return f"""# captionless3d point encoder: `{api_model.experiment or 'model'}`
 
 A point-cloud student (backbone below) trained to embed 3D point clouds into the frozen CLIP teacher's joint
@@ -308,7 +315,7 @@ image/text space (captionless training: rendered views only, hard negatives mine
 | embedding dim | {api_model.teacher_dim} |
 | data fingerprint | `{api_model.data_fingerprint}` |
 | experiment | `{api_model.experiment}` |
-| backbone | `{model_cfg.get('name', '?')}` (in_channels {model_cfg.get('in_channels', '?')}, head {model_cfg.get('head_mlps', '?')}) |
+| backbone | {backbone} |
 | mining | kinds {mining.get('kinds', [])}, scope {mining.get('scope', 'category')} |
 | loss | `{loss}` |
 | checkpoint | `{api_model.checkpoint}` (sha256 `{api_model.checkpoint_sha256[:16]}…`) |

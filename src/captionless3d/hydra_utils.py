@@ -51,7 +51,8 @@ def resolve_ckpt_path(value: str | None, run_dir: Path) -> str | None:
         return None
     path = run_dir / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
     if not path.is_file():
-        hint = " (ckpt_path=last resumes the run in hydra.run.dir; pass hydra.run.dir=<old run dir>)" if value == "last" else ""
+        hint = (" (ckpt_path=last resumes the run in hydra.run.dir; pass hydra.run.dir=<old run dir>)"
+                if value == "last" else "")
         raise CheckpointError(f"ckpt_path: checkpoint {path} does not exist{hint}")
     return str(path)
 

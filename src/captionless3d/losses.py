@@ -40,7 +40,8 @@ indices. Every rank must pass the same local batch size B.
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -186,7 +187,8 @@ class WeightedDenominatorLoss(nn.Module):
         """Loss for a (local) batch: ``image_emb (B, D)``, ``point_emb (B, D)``, global object ``index (B,)``
         (needed when ``priors`` is non-empty). Returns a float32 scalar."""
         if image_emb.ndim != 2 or image_emb.shape != point_emb.shape:
-            raise DataError(f"loss: image_emb {tuple(image_emb.shape)} and point_emb {tuple(point_emb.shape)} must both be (B, D)")
+            raise DataError(f"loss: image_emb {tuple(image_emb.shape)} and point_emb {tuple(point_emb.shape)} must "
+                            "both be (B, D)")
         batch = image_emb.shape[0]
         if batch == 0:
             raise DataError("loss: empty batch")
@@ -231,7 +233,8 @@ class WeightedDenominatorLoss(nn.Module):
                 for prior in priors:  # over the 1-2 priors, not over the batch
                     l = prior.pairs(row_index, all_index).to(device=img.device, dtype=torch.float32)
                     if l.shape != logits_ip.shape:
-                        raise DataError(f"loss: prior returned shape {tuple(l.shape)}, expected {tuple(logits_ip.shape)}")
+                        raise DataError(f"loss: prior returned shape {tuple(l.shape)}, expected "
+                                        f"{tuple(logits_ip.shape)}")
                     weights = weights + normalise_prior_weights(l, positive)
                 weights = weights / len(priors)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from captionless3d.hydra_utils import instantiate
 from captionless3d.errors import ConfigError, DataError
+from captionless3d.hydra_utils import instantiate
 from captionless3d.utils.manifest import stable_hash
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class Prepared:
     teacher: Any
     features: Any
     priors: list[Any]
-    benchmarks: dict[str, "Benchmark"] = field(default_factory=dict)
+    benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 

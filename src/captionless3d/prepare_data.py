@@ -22,10 +22,11 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from captionless3d.errors import Captionless3DError, CacheError
+from captionless3d.errors import CacheError, Captionless3DError
 from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
 
 log = logging.getLogger("captionless3d.prepare")
@@ -65,7 +66,8 @@ def make_parser(description: str, default_root: str) -> argparse.ArgumentParser:
     teacher.add_argument("--pretrained", type=none_or_str, default="laion2b_s34b_b79k",
                          help="OpenCLIP pretrained tag; 'none' = random init (smoke runs)")
     teacher.add_argument("--checkpoint", type=Path, default=None, help="local checkpoint file (replaces --pretrained)")
-    teacher.add_argument("--model-config", type=Path, default=None, help="JSON OpenCLIP config for a custom architecture")
+    teacher.add_argument("--model-config", type=Path, default=None,
+                         help="JSON OpenCLIP config for a custom architecture")
     teacher.add_argument("--device", default="cpu", help="torch device for the teacher (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                         help="zero-shot class prompt (= prompt_template of the later run)")
@@ -112,7 +114,8 @@ def summarize(collection: Any) -> str:
     ]
     views = getattr(collection, "views", None)
     if views is not None and len(views.shape) >= 2:
-        lines.append(f"  views per object: {views.shape[1]}" + (f" ({views.shape[2]}x{views.shape[3]} px)" if views.shape[1] else ""))
+        lines.append(f"  views per object: {views.shape[1]}"
+                     + (f" ({views.shape[2]}x{views.shape[3]} px)" if views.shape[1] else ""))
     photos = getattr(collection, "photos", None)
     if photos is not None:
         lines.append(f"  photos per object: {photos.shape[1]}")
@@ -190,7 +193,8 @@ def run(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Script entry point: parse ``argv``, :func:`prepare`, map project errors to exit code 2 (message, no traceback)."""
+    """Script entry point: parse ``argv``, :func:`prepare`, map project errors to exit code 2 (message, no
+    traceback)."""
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,10 +18,11 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from captionless3d.errors import Captionless3DError, ConfigError
 from captionless3d.sweep import (
@@ -131,7 +132,8 @@ def _select(config: Any, key: str) -> Any:
 def training_budget(runs: Sequence[Run]) -> dict[str, Any]:
     """What every run actually trained with (after the overrides), from the first run's saved config."""
     config = runs[0].config if runs else None
-    keys = {"max_epochs": "trainer.max_epochs", "n_points": "data.loader.n_points", "batch_size": "data.loader.batch_size",
+    keys = {"max_epochs": "trainer.max_epochs", "n_points": "data.loader.n_points",
+            "batch_size": "data.loader.batch_size",
             "limit_train_batches": "trainer.limit_train_batches", "data": "data.name"}
     return {name: _select(config, key) for name, key in keys.items() if _select(config, key) is not None}
 
@@ -179,7 +181,8 @@ def runs_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 def _budget_text(budget: Mapping[str, Any]) -> str:
     if not budget:
         return ""
-    text = f": {budget.get('max_epochs', '?')} epochs at {budget.get('n_points', '?')} points, batch {budget.get('batch_size', '?')}"
+    text = (f": {budget.get('max_epochs', '?')} epochs at {budget.get('n_points', '?')} points, batch "
+            f"{budget.get('batch_size', '?')}")
     if budget.get("limit_train_batches") is not None:
         text += f", at most {budget['limit_train_batches']} train batches per epoch"
     return text + (f", data `{budget['data']}`" if budget.get("data") else "")
@@ -194,16 +197,17 @@ def report_markdown(info: Mapping[str, Any], main_md: str, samecat_md: str, runs
     preset = info["preset"]
     sizes = info["test_split"]
     return "\n".join([
-        f"# Reproduced table: preset `{preset['name']}` ({len(info['variants'])} variants × {len(info['seeds'])} seeds)",
+        f"# Reproduced table: preset `{preset['name']}` ({len(info['variants'])} variants × {len(info['seeds'])} "
+        "seeds)",
         "",
         f"Preset `{preset['name']}`: {preset['description']}."
         + (" **This run departs from the preset**: its variants, seeds and overrides are listed below."
            if info["departs"] else ""),
         "",
-        f"- started {info['started']}, finished {info['finished']}; **total wall time {duration(info['total_wall_seconds'])}** "
-        f"(training {duration(info['training_wall_seconds'])}; {info['reused_runs']} finished run(s) reused; preset "
-        f"estimate ≈ {preset['estimate_min']:g} min with warm caches, budget {preset['budget_min']:g} min); mean per "
-        f"run {info['mean_run_seconds']} s",
+        f"- started {info['started']}, finished {info['finished']}; **total wall time "
+        f"{duration(info['total_wall_seconds'])}** (training {duration(info['training_wall_seconds'])}; "
+        f"{info['reused_runs']} finished run(s) reused; preset estimate ≈ {preset['estimate_min']:g} min with warm "
+        f"caches, budget {preset['budget_min']:g} min); mean per run {info['mean_run_seconds']} s",
         f"- variants {list(info['variants'])}, seeds {list(info['seeds'])}, benchmark `{info['benchmark']}`; "
         f"trained with{_budget_text(info['training']) or ' (unknown budget)'}",
         f"- preset: `{preset['override']}` (`configs/reproduce/{preset['name']}.yaml`: "
@@ -228,8 +232,9 @@ def report_markdown(info: Mapping[str, Any], main_md: str, samecat_md: str, runs
         "",
         runs_md,
         "",
-        "Wall time = the run's own `wall_seconds` (caches, training, evaluation); in the multirun = from Hydra's launch "
-        f"of the run to the next launch (or the end); `reused` = finished before. Raw multirun output: `{info['log']}`.",
+        "Wall time = the run's own `wall_seconds` (caches, training, evaluation); in the multirun = from Hydra's "
+        "launch of the run to the next launch (or the end); `reused` = finished before. Raw multirun output: "
+        f"`{info['log']}`.",
         "",
     ])
 
@@ -248,20 +253,23 @@ def doc_markdown(info: Mapping[str, Any], main_md: str, samecat_md: str, runs_md
     return "\n".join([
         f"# Synthetic world: {', '.join(info['variants'])} ({len(info['seeds'])} seeds)",
         "",
-        f"Measured {info['started'][:10]} on a {info['host']['cpus']}-CPU machine (code {info['git'] or 'unknown'}) with",
+        f"Measured {info['started'][:10]} on a {info['host']['cpus']}-CPU machine (code {info['git'] or 'unknown'}) "
+        "with",
         "",
         "```bash",
         info["command_line"],
         "```",
         "",
-        f"which trains through Hydra multiruns of the training entry point (`{info['multirun_command_lines'][0] if info['multirun_command_lines'] else 'none: every run was reused'}`) "
-        f"and merges the runs (`captionless3d.evaluation.compare`). Preset `{preset['name']}`{_budget_text(info['training'])}"
+        "which trains through Hydra multiruns of the training entry point "
+        f"(`{info['multirun_command_lines'][0] if info['multirun_command_lines'] else 'none: every run was reused'}`) "
+        "and merges the runs (`captionless3d.evaluation.compare`). Preset "
+        f"`{preset['name']}`{_budget_text(info['training'])}"
         + (f", extra overrides `{' '.join(info['overrides']['extra'])}`" if info["overrides"]["extra"] else "")
         + f". Test split: {sizes.get('categories', '?')} categories, {sizes.get('gallery_shapes', '?')} shapes, "
-        f"{sizes.get('photo_shape_pairs', '?')} photo–shape pairs. Total wall time {duration(info['total_wall_seconds'])} "
-        f"(≈ {info['mean_run_seconds']} s per run). Chance: zero-shot {ch('zeroshot/top1')}, paper-protocol top-1 "
-        f"{ch('retrieval/nobg/paper/i2s_top1')}, gallery R@1 {ch('retrieval/nobg/gallery/i2s_r1')}, same-category "
-        f"R@1 {ch('retrieval/nobg/gallery_samecat/i2s_r1')}.",
+        f"{sizes.get('photo_shape_pairs', '?')} photo–shape pairs. Total wall time "
+        f"{duration(info['total_wall_seconds'])} (≈ {info['mean_run_seconds']} s per run). Chance: zero-shot "
+        f"{ch('zeroshot/top1')}, paper-protocol top-1 {ch('retrieval/nobg/paper/i2s_top1')}, gallery R@1 "
+        f"{ch('retrieval/nobg/gallery/i2s_r1')}, same-category R@1 {ch('retrieval/nobg/gallery_samecat/i2s_r1')}.",
         "",
         "**Reading.** _To be written by hand._",
         "",
@@ -316,7 +324,8 @@ def reproduce(
         seeds = tuple(seeds if seeds is not None else preset.seeds)
         for override in extra_overrides:
             if override.split("=", 1)[0].lstrip("+~") in ("experiment", "seed"):
-                raise ConfigError(f"{override!r}: choose experiments and seeds with --variants / --seeds, not overrides")
+                raise ConfigError(f"{override!r}: choose experiments and seeds with --variants / --seeds, not "
+                                  "overrides")
         if len(set(seeds)) != len(seeds) or len(set(variants)) != len(variants):
             raise ConfigError(f"--seeds {list(seeds)} / --variants {list(variants)}: each value once")
         if write_doc is not None and write_doc.exists():
@@ -330,7 +339,8 @@ def reproduce(
         composed = compose_check(variants, seeds[0], overrides)
         from omegaconf import OmegaConf
 
-        out = Path(out if out is not None else str(OmegaConf.select(composed, "hydra.sweep.dir"))).expanduser().resolve()
+        out = Path(out if out is not None
+                   else str(OmegaConf.select(composed, "hydra.sweep.dir"))).expanduser().resolve()
         plan = plan_sweep(out, variants, seeds, overrides, benchmark)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -419,7 +429,8 @@ def reproduce(
         "runs": rows,
         "test_split": sizes,
         "chance": chance,
-        "teacher_ids": sorted({str(r.summary.get("teacher_id")) for r in runs if r.summary and r.summary.get("teacher_id")}),
+        "teacher_ids": sorted({str(r.summary.get("teacher_id"))
+                               for r in runs if r.summary and r.summary.get("teacher_id")}),
         "git": _git_commit(repo) if repo is not None else None,
         "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "tables": {"main": json.loads(main_table.to_json()), "samecat": json.loads(same_table.to_json())},

@@ -23,8 +23,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ class ShapeIndex:
 
     # -- loading --------------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, teacher_id: str | None = None, verify: bool = False) -> "ShapeIndex":
+    def load(cls, directory: str | os.PathLike, *, teacher_id: str | None = None, verify: bool = False) -> ShapeIndex:
         """Open an index directory (reads only the manifest).
 
         Args:
@@ -153,7 +154,8 @@ class ShapeIndex:
             except (OSError, ValueError, EOFError) as exc:
                 raise CacheError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
             if emb.shape != (self.count, self.dim) or emb.dtype != np.float16:
-                raise CacheError(f"{path}: holds {emb.dtype} {emb.shape}, manifest says float16 ({self.count}, {self.dim})")
+                raise CacheError(f"{path}: holds {emb.dtype} {emb.shape}, manifest says float16 ({self.count}, "
+                                 f"{self.dim})")
             self._embeddings = emb
         return self._embeddings
 
@@ -234,7 +236,7 @@ class ShapeIndex:
         root: str | os.PathLike | None = None,
         thumbnails: bool = False,
         extra: dict[str, Any] | None = None,
-    ) -> "ShapeIndex":
+    ) -> ShapeIndex:
         """Write ``embeddings (N, D)`` (stored float16) and their ``paths`` as an index; manifest last.
 
         Thumbnails, when ``thumbnails=True``, must already be in ``<directory>/thumbs/{position:06d}.png``. Any
@@ -252,7 +254,8 @@ class ShapeIndex:
         if root is not None:
             info["root"] = os.path.relpath(Path(root).resolve(), directory.resolve())
         info["thumbnails"] = f"{THUMBS}/{{:06d}}.png" if thumbnails else None
-        key = {"teacher_id": teacher_id, "encoder_sha256": encoder_sha256, "count": len(paths), "dim": int(embeddings.shape[1])}
+        key = {"teacher_id": teacher_id, "encoder_sha256": encoder_sha256, "count": len(paths),
+               "dim": int(embeddings.shape[1])}
         manifest = write_manifest(directory, kind=MANIFEST_KIND, version=MANIFEST_VERSION, key=key,
                                   files=[EMBEDDINGS, PATHS], extra=info)
         return cls(directory, manifest)

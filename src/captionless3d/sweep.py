@@ -18,10 +18,11 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from captionless3d.errors import ConfigError
 
@@ -98,8 +99,8 @@ def compose_check(variants: Sequence[str], seed: int, overrides: Sequence[str]) 
                               return_hydra_config=True)
             except Exception as exc:  # Hydra's composition errors carry the useful message (available options ...)
                 message = str(exc).strip() or type(exc).__name__
-                raise ConfigError(f"bad override or variant: the training config does not compose (experiment={variant}, "
-                                  f"overrides {' '.join(overrides)}):\n{message}") from None
+                raise ConfigError("bad override or variant: the training config does not compose "
+                                  f"(experiment={variant}, overrides {' '.join(overrides)}):\n{message}") from None
             first = first if first is not None else cfg
     return first
 
@@ -285,7 +286,8 @@ def launch_sweep(out: Path, missing: Sequence[tuple[str, int]], overrides: Seque
                         number = launched_before + int(launch.group(1)) + 1
                         eta = ""
                         if finished_seconds:
-                            eta = f", ≈ {duration((total - number + 1) * sum(finished_seconds) / len(finished_seconds))} left"
+                            remaining = (total - number + 1) * sum(finished_seconds) / len(finished_seconds)
+                            eta = f", ≈ {duration(remaining)} left"
                         clock.say(f"run {number}/{total}: {_short(launch.group(2))}{eta}")
                         continue
                     summary = _SUMMARY.search(line)
@@ -351,9 +353,8 @@ def _multirun_error(log_path: Path) -> tuple[dict[str, str], str | None]:
         text = log_path.read_text("utf-8", errors="replace")
     except OSError:
         return {}, None
-    match = None
-    for match in re.finditer(r"Error executing job with overrides: (\[.*\])", text):
-        pass
+    matches = list(re.finditer(r"Error executing job with overrides: (\[.*\])", text))
+    match = matches[-1] if matches else None  # the last one
     if match is None:
         return {}, None
     try:

@@ -85,7 +85,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if len(kept) != len(callbacks):
             log.info("logger=none: leaving out the learning-rate monitor (it needs a logger)")
         callbacks = kept
-    trainer: L.Trainer = instantiate(cfg.trainer, key="trainer", callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir))
+    trainer: L.Trainer = instantiate(cfg.trainer, key="trainer", callbacks=callbacks, logger=loggers or False,
+                                     default_root_dir=str(run_dir))
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

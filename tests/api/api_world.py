@@ -9,9 +9,10 @@ are the real cached pipeline stages. ``tests/api/test_api_trained.py`` also runs
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,11 +1,8 @@
 """Session fixtures of the API / CLI / export tests (helpers in ``api_world.py``)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
 from api_world import Shapes, World, build_checkpoint
 
 

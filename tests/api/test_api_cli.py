@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_world import rewrite_checkpoint
 
 from captionless3d.cli import main
-
-from api_world import rewrite_checkpoint
 
 
 def _rows(text: str) -> list[tuple[int, float, str]]:

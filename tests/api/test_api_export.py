@@ -38,7 +38,8 @@ def test_eager_wrapper_equals_pytorch(model):
         diff = (wrapper(x) - reference_embeddings(model.encoder, x)).abs().max().item()
     assert diff <= TOLERANCE
     # the reference is exactly what the API computes for clouds of n_points points
-    np.testing.assert_allclose(reference_embeddings(model.encoder, x).numpy(), model.encode_points(x.numpy()), atol=1e-6)
+    np.testing.assert_allclose(reference_embeddings(model.encoder, x).numpy(), model.encode_points(x.numpy()),
+                               atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,8 @@ def test_torchscript_matches_pytorch(model, exported, capsys):
         diff = (scripted(x) - ref).abs().max().item()
         diff3 = (scripted(x[:3]) - ref[:3]).abs().max().item()  # another batch size: the batch axis is dynamic
     with capsys.disabled():
-        print(f"\nTorchScript vs PyTorch, 10 clouds x {model.n_points} points: max abs diff {diff:.2e} (batch 3: {diff3:.2e})")
+        print(f"\nTorchScript vs PyTorch, 10 clouds x {model.n_points} points: max abs diff {diff:.2e} (batch 3: "
+              f"{diff3:.2e})")
     assert diff <= TOLERANCE and diff3 <= TOLERANCE
     with pytest.raises(Exception, match=rf"points must have shape \(batch, {model.n_points}, 3\)"):
         scripted(x[:, :64])  # the unrolled sampling is specific to n_points: other sizes are refused

@@ -86,7 +86,8 @@ def test_export_hf_writes_weights_config_and_a_hub_model_card(hf_export, model):
     assert sorted(p.name for p in hf_export.iterdir()) == sorted(PRETRAINED_FILES)
     config = read_pretrained_config(hf_export)
     assert config["teacher_id"] == model.teacher_id and config["embedding_dim"] == model.teacher_dim
-    assert config["n_points"] == model.n_points and config["training_config"]["data"]["loader"]["n_points"] == model.n_points
+    assert (config["n_points"] == model.n_points
+            and config["training_config"]["data"]["loader"]["n_points"] == model.n_points)
     assert config["checkpoint_sha256"] == model.checkpoint_sha256
     with safe_open(str(hf_export / "model.safetensors"), framework="pt") as f:
         assert f.metadata()["format"] == "pt" and f.metadata()["teacher_id"] == model.teacher_id
@@ -102,7 +103,8 @@ def test_export_hf_writes_weights_config_and_a_hub_model_card(hf_export, model):
 def test_hub_round_trip_gives_identical_embeddings(offline_hub, model, world, capsys):
     loaded = captionless3d.load(f"{HF_PREFIX}{REPO}")
     assert loaded.checkpoint is None and loaded.source == f"{HF_PREFIX}{REPO}"
-    assert (loaded.teacher_id, loaded.teacher_dim, loaded.n_points) == (model.teacher_id, model.teacher_dim, model.n_points)
+    assert ((loaded.teacher_id, loaded.teacher_dim, loaded.n_points)
+            == (model.teacher_id, model.teacher_dim, model.n_points))
     clouds = _clouds(model.n_points)
     ours, theirs = loaded.encode_points(clouds), model.encode_points(clouds)
     with capsys.disabled():

@@ -83,7 +83,8 @@ def test_photo_search_hit_rate(model, world, shapes, built_index, capsys):
     path_of_object = dict(zip(shapes.objects.tolist(), shapes.paths))
     hits = model.search(image=photos, k=5, index=built_index.directory)
     found = [path_of_object[o] in [h.path for h in ranked] for o, ranked in zip(shapes.objects.tolist(), hits)]
-    category = [path_of_object[o].split("/")[0] == ranked[0].path.split("/")[0] for o, ranked in zip(shapes.objects.tolist(), hits)]
+    category = [path_of_object[o].split("/")[0] == ranked[0].path.split("/")[0]
+                for o, ranked in zip(shapes.objects.tolist(), hits)]
     rate, chance = 100 * np.mean(found), 100 * 5 / len(shapes.paths)
     cat_rate, cat_chance = 100 * np.mean(category), 100 / len(col.categories)
     with capsys.disabled():

@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from api_world import rewrite_checkpoint
 
 import captionless3d
 from captionless3d.api import Captionless3DModel
 from captionless3d.api.inputs import read_shape_file
 from captionless3d.data.pointcloud import normalise_unit_sphere, subset_indices
 from captionless3d.errors import CacheError, CheckpointError, ConfigError, DataError
-
-from api_world import rewrite_checkpoint
 
 
 def _reference(model, clouds: np.ndarray) -> np.ndarray:
@@ -184,7 +183,8 @@ def test_teacher_with_another_id_fails_clearly(tmp_path, world):
                                teacher_id="openclip:synthetic-clip-tiny:sha256:0123456789ab")
     model = captionless3d.load(other)
     model.encode_points(np.asarray(world.collection.points[0]))  # the encoder alone works
-    with pytest.raises(CheckpointError, match=r"trained against teacher openclip:synthetic-clip-tiny:sha256:0123456789ab"
+    with pytest.raises(CheckpointError,
+                       match=r"trained against teacher openclip:synthetic-clip-tiny:sha256:0123456789ab"
                                               r".*teacher at hand is " + world.teacher.id):
         model.encode_texts(["a chair"])
     with pytest.raises(CheckpointError, match="teacher at hand"):
@@ -212,7 +212,8 @@ def test_search_needs_an_index_from_the_same_teacher(tmp_path, model):
         Captionless3DModel(model.encoder, model.metadata).search(text="a chair")
     ShapeIndex.write(tmp_path / "foreign", np.eye(3, model.teacher_dim, dtype=np.float32), ["a.npy", "b.npy", "c.npy"],
                      teacher_id="openclip:ViT-B-32:laion2b_s34b_b79k", encoder_sha256="0" * 64)
-    with pytest.raises(CacheError, match=r"built with teacher openclip:ViT-B-32:laion2b_s34b_b79k.*queries with teacher "
+    with pytest.raises(CacheError,
+                       match=r"built with teacher openclip:ViT-B-32:laion2b_s34b_b79k.*queries with teacher "
                                          + model.teacher_id):
         model.search(text="a chair", index=tmp_path / "foreign")
     with pytest.raises(ConfigError, match="exactly one of"):

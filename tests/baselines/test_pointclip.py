@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -194,7 +193,8 @@ def test_runs_through_evaluate_encoder_on_tiny_world(tiny_world, tiny_features, 
 
     enc = PointCLIPEncoder(micro_teacher)
     scores = evaluate_encoder(enc, tiny_world, tiny_features, n_points=128, batch_size=4).metrics
-    assert {"zeroshot/top1", "zeroshot/top5", "retrieval/nobg/paper/i2s_top1", "retrieval/bg/gallery/i2s_r1"} <= set(scores)
+    assert ({"zeroshot/top1", "zeroshot/top5", "retrieval/nobg/paper/i2s_top1", "retrieval/bg/gallery/i2s_r1"}
+            <= set(scores))
     assert all(math.isfinite(v) and 0.0 <= v <= 100.0 for v in scores.values())
     # PointCLIP's own prompt template through a feature-store view (every other array is the store's)
     feats = with_prompt_template(tiny_features, micro_teacher, tiny_world.categories)

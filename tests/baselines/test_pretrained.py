@@ -6,9 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from fixtures.formats import ulip_checkpoint
+from omegaconf import OmegaConf
 
 from captionless3d.errors import CheckpointError, ConfigError
 from captionless3d.hydra_utils import CONFIG_DIR, instantiate

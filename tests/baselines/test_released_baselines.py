@@ -69,7 +69,8 @@ SMALL = {"ulip_pointnet2": {"name": "pointnet2_ssg_small"}, "ulip_pointbert": {"
 def test_config_builds_the_release_and_reproduces_it(files, row):
     src, path = files[row]
     dim = 512 if row == "openshape_pointbert_b32" else DIM
-    encoder = instantiate(_cfg(row, path, **SMALL[row]), key=f"baseline.{row}", teacher=SimpleNamespace(dim=dim, id="t"))
+    encoder = instantiate(_cfg(row, path, **SMALL[row]), key=f"baseline.{row}",
+                          teacher=SimpleNamespace(dim=dim, id="t"))
     assert not encoder.training
     x = _cloud()
     with torch.no_grad():
@@ -187,7 +188,8 @@ def test_clip2point_refuses_gelu_towers_and_foreign_files(micro_teacher, quickge
     del state["module.point_model.ln_post.bias"]
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
-    with pytest.raises(CheckpointError, match=r"(?s)missing \(1\): ln_post.bias.*proj: checkpoint \(16, 8\) vs teacher"):
+    with pytest.raises(CheckpointError,
+                       match=r"(?s)missing \(1\): ln_post.bias.*proj: checkpoint \(16, 8\) vs teacher"):
         create_clip2point(quickgelu_teacher, pretrained=bad)
     with pytest.raises(ConfigError, match="OpenCLIP teacher"):
         create_clip2point(SimpleNamespace(id="stub", dim=16, image_size=8), pretrained=path)

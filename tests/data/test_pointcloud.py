@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from captionless3d.training.datamodule import PointViewDataset
 from captionless3d.data.pointcloud import (
     check_points,
     normalise_unit_sphere,
@@ -13,6 +12,7 @@ from captionless3d.data.pointcloud import (
     rotation_matrices,
 )
 from captionless3d.errors import DataError
+from captionless3d.training.datamodule import PointViewDataset
 
 
 def test_normalise_unit_sphere():
@@ -65,7 +65,8 @@ def test_dataset_batches_are_vectorised_and_consistent():
     points = rng.normal(size=(10, 64, 3)).astype(np.float32)
     view_emb = rng.normal(size=(10, 4, 8)).astype(np.float16)
     labels = np.arange(10) % 3
-    ds = PointViewDataset(points, view_emb, labels, np.array([7, 2, 5]), n_points=32, rotation_degrees=45, random_view=True, seed=3)
+    ds = PointViewDataset(points, view_emb, labels, np.array([7, 2, 5]), n_points=32, rotation_degrees=45,
+                          random_view=True, seed=3)
     batch = ds.__getitems__([0, 1, 2])
     assert batch["points"].shape == (3, 32, 3)
     assert batch["image_emb"].shape == (3, 8)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
+                                                else None)
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 try:
     import selenium
@@ -124,7 +125,8 @@ def test_upload_results_3d_screenshot_and_errors_in_chromium(browser, demo_url, 
     assert [row[0] for row in hits] == ["1", "2", "3", "4"]
     assert hits[0][1] == index.paths[5] and float(hits[0][2]) > 0.99  # itself first
     widths_js = "return Array.from(document.querySelectorAll('#hits img')).map(i => i.complete ? i.naturalWidth : 0)"
-    WebDriverWait(driver, 30).until(lambda d: len(d.execute_script(widths_js)) == 4 and all(d.execute_script(widths_js)))
+    WebDriverWait(driver, 30).until(lambda d: len(d.execute_script(widths_js)) == 4
+                                    and all(d.execute_script(widths_js)))
     assert driver.execute_script(widths_js) == [96] * 4  # every thumbnail came from the index
     assert _canvas_drawn(driver, "query-3d"), "the uploaded cloud was not drawn in the 3D viewer"
     assert _canvas_drawn(driver, "hit-3d"), "the first result was not drawn in the 3D viewer"

@@ -148,7 +148,8 @@ def test_page_serves_its_own_assets_and_calls_nowhere(demo_url):
     sources = re.findall(r"<(?:script|link)[^>]+(?:src|href)=\"([^\"]+)\"", html)
     assert sources and all(not s.startswith(("http:", "https:", "//")) for s in sources), sources
     status, _, config = get(demo_url + "/config")
-    assert status == 200 and b"captionless3d demo: avg" in config and b"\"analytics_enabled\": false" in config.replace(b":false", b": false")
+    assert (status == 200 and b"captionless3d demo: avg" in config
+            and b"\"analytics_enabled\": false" in config.replace(b":false", b": false"))
 
 
 @pytest.mark.slow

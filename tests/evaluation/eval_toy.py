@@ -57,7 +57,8 @@ def toy_features(collection: ToyCollection, dim: int = 16, seed: int = 0) -> Sim
     g = torch.Generator().manual_seed(seed)
     n, k = collection.photos.shape[:2]
     prompts = torch.randn(len(collection.categories), dim, generator=g)
-    photo = prompts[torch.from_numpy(collection.labels)][:, None].expand(n, k, dim) + 0.5 * torch.randn(n, k, dim, generator=g)
+    photo = (prompts[torch.from_numpy(collection.labels)][:, None].expand(n, k, dim)
+             + 0.5 * torch.randn(n, k, dim, generator=g))
     return SimpleNamespace(prompt_emb=prompts.numpy(), photo_emb=photo.numpy(),
                            photo_masked_emb=(photo + 0.1 * torch.randn(n, k, dim, generator=g)).numpy())
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 from PIL import Image
 
 from captionless3d.errors import ConfigError, DataError
@@ -23,8 +24,6 @@ from captionless3d.evaluation.artefacts import (
 )
 from captionless3d.evaluation.callbacks import run_benchmarks
 from captionless3d.evaluation.runner import evaluate_encoder
-
-from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 
 def brute_topk(q, g, qid, gid, k):
@@ -42,7 +41,8 @@ def frame_colour(image: np.ndarray, box) -> tuple[int, ...]:
 
 def test_thumbnails_are_vectorised_splats():
     rng = np.random.default_rng(0)
-    clouds = np.stack([rng.normal(size=(300, 3)), np.c_[rng.uniform(-1, 1, 300), np.zeros((300, 2))]]).astype(np.float32)
+    clouds = np.stack([rng.normal(size=(300, 3)),
+                       np.c_[rng.uniform(-1, 1, 300), np.zeros((300, 2))]]).astype(np.float32)
     thumbs = render_point_thumbnails(clouds, 32)
     assert thumbs.shape == (2, 32, 32, 3) and thumbs.dtype == np.uint8
     drawn = (thumbs != 255).any(-1)
@@ -103,7 +103,8 @@ def test_retrieval_example_png_matches_hits(tmp_path, toy):
     assert [r["retrieved"] for r in record["queries"]] == [
         [col.object_ids[int(emb["gallery_objects"][j])] for j in row] for row in ref_order]
     # layout of retrieval_grid (frame 3, pad 4, gap 10) -> the frame colour of every cell in the PNG
-    _, boxes = retrieval_grid(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 5, 24, 24, 3), np.uint8), np.zeros((4, 5), bool))
+    _, boxes = retrieval_grid(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 5, 24, 24, 3), np.uint8),
+                              np.zeros((4, 5), bool))
     assert image.shape == (4 + 4 * (30 + 4), 2 * 4 + 10 + 6 * 30 + 5 * 4, 3)
     for qi, row in enumerate(ref_hits):
         for j, hit in enumerate(row):
@@ -130,7 +131,8 @@ def test_run_benchmarks_writes_results_pngs_and_tensorboard(tmp_path, toy):
     # per-category breakdown: zero-shot recall per class (mean over classes = class-mean top-1) and retrieval
     per_cat = json.loads((out / "per_category.json").read_text())
     zs = per_cat["zeroshot/top1"]
-    assert set(zs) <= set(col.categories) and abs(sum(zs.values()) / len(zs) - metrics["toy"]["zeroshot/class_mean_top1"]) < 1e-6
+    assert (set(zs) <= set(col.categories)
+            and abs(sum(zs.values()) / len(zs) - metrics["toy"]["zeroshot/class_mean_top1"]) < 1e-6)
     paper = per_cat["retrieval/nobg/paper"]
     n_pairs = sum(row["num_pairs"] for row in paper.values())
     weighted = sum(row["i2s_top1"] * row["num_pairs"] for row in paper.values()) / n_pairs

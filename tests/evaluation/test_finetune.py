@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.evaluation.finetune import finetune_encoder
 from captionless3d.evaluation.runner import evaluate_encoder
-
-from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 FAST = dict(epochs=2, batch_size=8, n_points=64, lr=5e-3, eval_batch_size=32)
 

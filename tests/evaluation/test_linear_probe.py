@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.evaluation import classification_keys, classification_metrics
 from captionless3d.evaluation.linear_probe import fit_logistic_regression, linear_probe, linear_probe_encoder
 from captionless3d.evaluation.runner import evaluate_encoder
-
-from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 
 def brute_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -54,7 +53,8 @@ def test_fit_reaches_the_regularised_optimum():
 
 
 def test_separable_blobs_reach_100_percent_and_run_is_deterministic():
-    args = (*blobs(160, 4, 16, spread=4.0, seed=0), *blobs(40, 4, 16, spread=4.0, seed=1), *blobs(80, 4, 16, spread=4.0, seed=2))
+    args = (*blobs(160, 4, 16, spread=4.0, seed=0), *blobs(40, 4, 16, spread=4.0, seed=1),
+            *blobs(80, 4, 16, spread=4.0, seed=2))
     res = linear_probe(*args, num_classes=4, l2_grid=(1e-4, 1e-2))
     assert res["top1"] == 100.0 and res["class_mean_top1"] == 100.0
     again = linear_probe(*args, num_classes=4, l2_grid=(1e-4, 1e-2))
@@ -86,7 +86,8 @@ def test_l2_weight_is_chosen_on_val_never_on_test():
     assert res["top1"] < 70.0  # it predicts both classes on test ...
     degenerate = linear_probe(xtr, ytr, xva, yva, xte, yte_adversarial, num_classes=2, l2_grid=(1e4,))
     assert degenerate["top1"] == 100.0  # ... while the test labels would have preferred l2=1e4
-    for yte in (torch.ones(40, dtype=torch.long), torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(5))):
+    for yte in (torch.ones(40, dtype=torch.long),
+                torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(5))):
         assert linear_probe(xtr, ytr, xva, yva, xte, yte, num_classes=2, l2_grid=grid)["selection"] == sel
 
 

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 from captionless3d.errors import ConfigError
-from captionless3d.evaluation.monitor import ValidationMetrics, split_scalars
 from captionless3d.evaluation.embedding import embed_points
-
-from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
+from captionless3d.evaluation.monitor import ValidationMetrics, split_scalars
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,8 @@ def test_split_scalars_match_brute_force(toy):
     got = split_scalars(enc, col, feats, index, n_points=64, seed=3)
     shapes = F.normalize(embed_points(enc, col.points[index], n_points=64, seed=3).double(), dim=1)
     prompts = F.normalize(torch.from_numpy(feats.prompt_emb).double(), dim=1)
-    assert got["zeroshot/top1"] == pytest.approx(100 * np.mean((shapes @ prompts.T).argmax(1).numpy() == col.labels[index]))
+    assert (got["zeroshot/top1"]
+            == pytest.approx(100 * np.mean((shapes @ prompts.T).argmax(1).numpy() == col.labels[index])))
     photos = F.normalize(torch.from_numpy(np.asarray(feats.photo_masked_emb[index])).double(), dim=-1)
     hits = [int((shapes @ photos[i, k]).argmax()) == i for i in range(len(index)) for k in range(photos.shape[1])]
     assert got["gallery/i2s_r1"] == pytest.approx(100 * np.mean(hits))

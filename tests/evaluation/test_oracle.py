@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 from captionless3d.errors import DataError
 from captionless3d.evaluation.callbacks import run_benchmarks
@@ -19,8 +20,6 @@ from captionless3d.evaluation.oracle import (
     oracle_shape_embeddings,
 )
 from captionless3d.evaluation.report import ResultsTable
-
-from eval_toy import ToyCollection, calibrate_batchnorm, tiny_encoder, toy_features
 
 
 def _with_views(collection: ToyCollection, features: SimpleNamespace, n_views: int = 3, noise: float = 1.0,

@@ -63,7 +63,8 @@ def test_wins_ties_losses_are_counted_separately():
     stat = paired_differences(_runs(), "baseline", [R1]).stats[("avg", R1)]
     assert (stat.wins, stat.ties, stat.losses) == (1, 1, 1)
     assert stat.mean_diff == pytest.approx(4.0 / 3.0)
-    # sd = sqrt(((0 − 4/3)^2 + (−1 − 4/3)^2 + (5 − 4/3)^2) / 2) = sqrt(31/3) = 3.2146; half = 4.3027 · 3.2146 / √3 = 7.985
+    # sd = sqrt(((0 − 4/3)^2 + (−1 − 4/3)^2 + (5 − 4/3)^2) / 2) = sqrt(31/3) = 3.2146; half = 4.3027 · 3.2146 / √3 =
+    # 7.985
     assert stat.sd_diff == pytest.approx(math.sqrt(31 / 3))
     assert stat.ci_high == pytest.approx(4 / 3 + T_975_DF2 * math.sqrt(31 / 3) / math.sqrt(3))
     assert format_cell(stat) == "+1.3 [-6.7, +9.3] 1/3 (1 tie)"

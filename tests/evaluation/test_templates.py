@@ -2,15 +2,13 @@
 template sets embedded with the teacher (keys zeroshot_<set>/...)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from eval_toy import ToyCollection, tiny_encoder, toy_features
 
 from captionless3d.errors import ConfigError
 from captionless3d.evaluation.runner import evaluate_encoder
 from captionless3d.teacher.classifier import TEMPLATE_SETS
-
-from eval_toy import ToyCollection, tiny_encoder, toy_features
 
 
 class CountingTeacher:
@@ -60,4 +58,5 @@ def test_template_set_needs_a_teacher_and_a_known_name():
         evaluate_encoder(tiny_encoder(), col, toy_features(col), n_points=64, protocols=("zeroshot",),
                          templates=["nope"], teacher=CountingTeacher(col.categories))
     with pytest.raises(ConfigError, match="runner.templates"):
-        evaluate_encoder(tiny_encoder(), col, toy_features(col), n_points=64, protocols=("zeroshot",), templates="single")
+        evaluate_encoder(tiny_encoder(), col, toy_features(col), n_points=64, protocols=("zeroshot",),
+                         templates="single")

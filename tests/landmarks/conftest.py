@@ -10,7 +10,8 @@ import pytest
 
 
 def chat_reply(content) -> dict:
-    return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+    return {"id": "x", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 
 class FakeServer:
@@ -40,13 +41,15 @@ class FakeServer:
                     except ValueError:
                         payload = None
                     server.requests.append({"path": self.path, "headers": dict(self.headers), "json": payload})
-                    action = server.script[min(index, len(server.script) - 1)] if server.script else {"body": chat_reply("ok")}
+                    action = (server.script[min(index, len(server.script) - 1)] if server.script
+                              else {"body": chat_reply("ok")})
                 if callable(action):
                     action = action(payload, index)
                 if action.get("delay"):
                     time.sleep(action["delay"])
                 body = action.get("body", chat_reply("ok"))
-                data = json.dumps(body).encode() if isinstance(body, (dict, list)) else (body.encode() if isinstance(body, str) else body)
+                data = (json.dumps(body).encode() if isinstance(body, (dict, list))
+                        else (body.encode() if isinstance(body, str) else body))
                 try:
                     self.send_response(action.get("status", 200))
                     for k, v in action.get("headers", {}).items():

@@ -7,7 +7,6 @@ from captionless3d.errors import ConfigError
 from captionless3d.landmarks import LLMError, OpenAIChatClient, build_backend
 
 
-
 def chat_reply(content):
     return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
@@ -16,7 +15,8 @@ KEY = "sk-test-SECRET-0123456789"
 
 
 def make(server, sleeps=None, **kw):
-    opts = dict(api_key=KEY, timeout_s=2.0, max_retries=3, backoff_base_s=1.0, jitter=False, sleep=(sleeps.append if sleeps is not None else (lambda s: None)))
+    opts = dict(api_key=KEY, timeout_s=2.0, max_retries=3, backoff_base_s=1.0, jitter=False,
+                sleep=(sleeps.append if sleeps is not None else (lambda s: None)))
     opts.update(kw)
     return OpenAIChatClient(server.base_url, "fake-model", **opts)
 
@@ -28,7 +28,8 @@ def test_good_reply_and_request_shape(server):
     req = server.requests[0]
     assert req["path"] == "/v1/chat/completions"
     assert req["headers"]["Authorization"] == f"Bearer {KEY}"
-    assert req["json"] == {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7, "max_tokens": 100}
+    assert req["json"] == {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7,
+                           "max_tokens": 100}
     assert KEY not in repr(client) and "***" in repr(client)
 
 
@@ -133,5 +134,6 @@ def test_config_errors(server):
         build_backend({"backend": "carrier-pigeon"})
     with pytest.raises(ConfigError, match="unsupported option"):
         build_backend({"backend": "openai", "base_url": server.base_url, "model": "m", "api_kee": KEY})
-    client = build_backend({"backend": "openai", "base_url": server.base_url, "model": "m", "api_key_env": ["X_NOT_SET"]})
+    client = build_backend({"backend": "openai", "base_url": server.base_url, "model": "m",
+                            "api_key_env": ["X_NOT_SET"]})
     assert client.id == "openai:m"

@@ -16,7 +16,8 @@ KEY = "sk-gen-SECRET-abcdef"
 
 
 def client(server, **kw):
-    return OpenAIChatClient(server.base_url, "fake", api_key=KEY, timeout_s=2, max_retries=1, sleep=lambda s: None, **kw)
+    return OpenAIChatClient(server.base_url, "fake", api_key=KEY, timeout_s=2, max_retries=1, sleep=lambda s: None,
+                            **kw)
 
 
 def numbered(items, start=1):
@@ -24,9 +25,11 @@ def numbered(items, start=1):
 
 
 def test_parse_reply_formats():
-    text = '1. A tall chair with arms\n2) "A low stool with three legs"\n- a bench with a backrest,\n* **Bold** chair with wheels\n• tiny chair\n(6) a rocking chair with curved runners\n```'
+    text = ('1. A tall chair with arms\n2) "A low stool with three legs"\n- a bench with a backrest,\n* **Bold** chair '
+            'with wheels\n• tiny chair\n(6) a rocking chair with curved runners\n```')
     assert parse_reply(text) == [
-        "A tall chair with arms", "A low stool with three legs", "a bench with a backrest", "Bold chair with wheels", "tiny chair",
+        "A tall chair with arms", "A low stool with three legs", "a bench with a backrest", "Bold chair with wheels",
+        "tiny chair",
         "a rocking chair with curved runners",
     ]
     assert parse_reply('```json\n["a b c d", " e  f g h "]\n```') == ["a b c d", "e f g h"]
@@ -37,9 +40,12 @@ def test_parse_reply_formats():
 
 def test_rounds_validation_and_dedup(server):
     rounds = [
-        numbered(["a swivel office chair on wheels", "A swivel office chair on  wheels.", "tiny", "a folding camping chair with canvas"]),
-        numbered(["a folding camping chair with canvas", "a wooden rocking chair with runners", " ".join(["long"] * 50)]),
-        numbered(["a beanbag chair shaped like a sack", "an armchair with thick padded arms", "a spare one that is not needed"]),
+        numbered(["a swivel office chair on wheels", "A swivel office chair on  wheels.", "tiny",
+                  "a folding camping chair with canvas"]),
+        numbered(["a folding camping chair with canvas", "a wooden rocking chair with runners",
+                  " ".join(["long"] * 50)]),
+        numbered(["a beanbag chair shaped like a sack", "an armchair with thick padded arms",
+                  "a spare one that is not needed"]),
     ]
     server.script = [{"body": server.reply(r)} for r in rounds]
     s = GenerationSettings(count=5, per_request=4, max_rounds=5, min_words=3, max_words=20)
@@ -77,9 +83,11 @@ def test_resume_from_cache(server, tmp_path):
     assert len(first["lamp"]) == 4 and server.calls == 2
     again = generate_landmarks(["lamp"], client(server), s, cache_dir=tmp_path)
     assert again == first and server.calls == 2  # complete cache: no request
-    more = generate_landmarks(["lamp"], client(server), GenerationSettings(count=5, per_request=2, min_words=3), cache_dir=tmp_path)
+    more = generate_landmarks(["lamp"], client(server), GenerationSettings(count=5, per_request=2, min_words=3),
+                              cache_dir=tmp_path)
     assert more["lamp"][:4] == first["lamp"] and server.calls == 3  # only the missing one asked for
-    other = GenerationSettings(count=4, per_request=2, min_words=3, user_prompt="List {count} {category} styles.{existing}")
+    other = GenerationSettings(count=4, per_request=2, min_words=3,
+                               user_prompt="List {count} {category} styles.{existing}")
     generate_landmarks(["lamp"], client(server), other, cache_dir=tmp_path)
     assert server.calls == 5  # another prompt: the cache does not apply
 
@@ -94,9 +102,11 @@ def test_key_never_in_logs_or_files(server, tmp_path, monkeypatch, caplog):
         {"body": server.reply(numbered([f"a {w} sofa with soft cushions" for w in ("long", "corner", "small")]))},
     ]
     cfg = OmegaConf.create({
-        "categories": ["cabinet", "sofa"], "import_from": None, "taxonomy": None, "out": str(tmp_path / "out" / "lm.json"),
+        "categories": ["cabinet", "sofa"], "import_from": None, "taxonomy": None,
+        "out": str(tmp_path / "out" / "lm.json"),
         "cache_dir": str(tmp_path / "cache"), "count": 3,
-        "llm": {"backend": "openai", "base_url": server.base_url, "model": "fake", "api_key_env": ["CAPTIONLESS3D_LLM_API_KEY"],
+        "llm": {"backend": "openai", "base_url": server.base_url, "model": "fake",
+                "api_key_env": ["CAPTIONLESS3D_LLM_API_KEY"],
                 "max_retries": 2, "backoff_base_s": 0.01, "timeout_s": 2},
         "validation": {"per_request": 3, "max_rounds": 3, "min_words": 3, "max_words": 20},
     })

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -47,7 +46,8 @@ def test_python_dict_rejects(src, match):
 
 
 def test_text_format(tmp_path):
-    text = "table: a round pedestal dining table\ntable:  a  glass coffee table\n\n# chair\na swivel office chair\na rocking chair: curved runners\n## lamp\na desk lamp\n"
+    text = ("table: a round pedestal dining table\ntable:  a  glass coffee table\n\n# chair\na swivel office chair\na "
+            "rocking chair: curved runners\n## lamp\na desk lamp\n")
     out = parse_text_landmarks(text)
     assert out == {
         "table": ["a round pedestal dining table", "a glass coffee table"],
@@ -76,7 +76,8 @@ def test_json_roundtrip_and_errors(tmp_path):
 
 
 def test_taxonomy_formats_and_merge(tmp_path):
-    (tmp_path / "t.json").write_text(json.dumps([{"synsetId": "04401088", "name": "telephone,telephone set"}, {"synsetId": "02992529", "name": "telephone"}]))
+    (tmp_path / "t.json").write_text(json.dumps([{"synsetId": "04401088", "name": "telephone,telephone set"},
+                                                 {"synsetId": "02992529", "name": "telephone"}]))
     tax = load_taxonomy(tmp_path / "t.json")
     assert tax == {"04401088": "telephone", "02992529": "telephone"}
     merged = apply_taxonomy({"04401088": ["a landline phone", "a phone"], "02992529": ["a smartphone", "a phone"]}, tax)
@@ -93,12 +94,14 @@ def test_entry_point_import(tmp_path):
     (tmp_path / "tax.json").write_text('{"03001627": "chair", "04379243": "table"}')
     out = tmp_path / "out.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "captionless3d.landmarks", f"import_from={tmp_path / 'descriptions.py'}", f"taxonomy={tmp_path / 'tax.json'}",
+        [sys.executable, "-m", "captionless3d.landmarks", f"import_from={tmp_path / 'descriptions.py'}",
+         f"taxonomy={tmp_path / 'tax.json'}",
          "categories=[chair,table]", f"out={out}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text()) == {"chair": ["A rocking chair.", "A swivel office chair."], "table": ["A round dining table."]}
+    assert json.loads(out.read_text()) == {"chair": ["A rocking chair.", "A swivel office chair."],
+                                           "table": ["A round dining table."]}
     assert not (tmp_path / ".hydra").exists() and not (tmp_path / "SHOULD_NOT_EXIST").exists()
 
 

@@ -65,7 +65,8 @@ def _worker(rank, store_file):
         a, p, index = _data()
         sl = slice(rank * B, (rank + 1) * B)
         for local_loss in (False, True):
-            loss_fn = WeightedDenominatorLoss(init_scale=3.0, init_bias=-1.0, local_loss=local_loss, rank=rank, world_size=WORLD)
+            loss_fn = WeightedDenominatorLoss(init_scale=3.0, init_bias=-1.0, local_loss=local_loss, rank=rank,
+                                              world_size=WORLD)
             ddp = nn.parallel.DistributedDataParallel(Model(loss_fn))
             loss = ddp(a[sl], p[sl], index[sl], priors)
             loss.backward()
@@ -76,7 +77,8 @@ def _worker(rank, store_file):
             else:
                 torch.testing.assert_close(loss.detach(), ref_loss, rtol=1e-5, atol=1e-6)
             for name, q in ddp.module.named_parameters():
-                torch.testing.assert_close(q.grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} local_loss={local_loss}: {m}")
+                torch.testing.assert_close(q.grad, ref_grads[name], rtol=1e-4, atol=1e-6,
+                                           msg=lambda m: f"{name} local_loss={local_loss}: {m}")
         dist.barrier()
     finally:
         dist.destroy_process_group()

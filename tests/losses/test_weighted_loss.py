@@ -1,4 +1,5 @@
-"""WeightedDenominatorLoss against a slow literal per-element float64 implementation of the loss (docs/method.md, Loss)."""
+"""WeightedDenominatorLoss against a slow literal per-element float64 implementation of the loss (docs/method.md,
+Loss)."""
 import math
 
 import numpy as np
@@ -44,7 +45,8 @@ def store_prior(kind):
 
 
 def literal_loss(img, pts, tau, b, index, priors, eps, mode="paper"):
-    """Per-element python loops in float64, straight from docs/method.md (Loss). img/pts (B, D), tau/b 0-d, all float64 tensors."""
+    """Per-element python loops in float64, straight from docs/method.md (Loss). img/pts (B, D), tau/b 0-d, all float64
+    tensors."""
     B = img.shape[0]
     zi = [img[i] / torch.sqrt(sum(img[i][k] * img[i][k] for k in range(img.shape[1]))) for i in range(B)]
     zp = [pts[i] / torch.sqrt(sum(pts[i][k] * pts[i][k] for k in range(pts.shape[1]))) for i in range(B)]
@@ -100,7 +102,8 @@ def run_case(B, priors, seed=0, tau=None, b=None, autocast=False, mode="paper", 
 
     ri, rp = (t.clone().requires_grad_(True) for t in ref_in)
     rt = loss_fn.scale.detach().double().clone().requires_grad_(True)
-    rb = (loss_fn.bias.detach().double().clone() if mode == "paper" else torch.tensor(0.0, dtype=torch.float64)).requires_grad_(True)
+    rb = (loss_fn.bias.detach().double().clone() if mode == "paper"
+          else torch.tensor(0.0, dtype=torch.float64)).requires_grad_(True)
     ref = literal_loss(ri, rp, rt, rb, index, priors, loss_fn.eps, mode)
     ref.backward()
     return loss, x.grad, y.grad, loss_fn, ref, ri.grad, rp.grad, rt.grad, rb.grad

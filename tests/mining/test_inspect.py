@@ -5,7 +5,14 @@ from PIL import Image
 
 from captionless3d.errors import CacheError
 from captionless3d.mining import PriorStore
-from captionless3d.mining.inspect import hard_negatives, histogram_png, load_prior, main, negatives_grid_png, prior_values
+from captionless3d.mining.inspect import (
+    hard_negatives,
+    histogram_png,
+    load_prior,
+    main,
+    negatives_grid_png,
+    prior_values,
+)
 from captionless3d.mining.sparse import build_sparse_prior
 
 
@@ -51,9 +58,11 @@ def test_cli(tiny, tmp_path, capsys):
     view, labels, mask, views = tiny
     sparse = build_sparse_prior("i2i", view, mask, k=3, block_size=5, progress=False)
     sparse.save(tmp_path / "sp")
-    PriorStore.build("i2l2", view, labels, mask, landmark_emb=np.eye(4, dtype=np.float32)[[0, 1, 2, 3]], landmark_labels=np.array([0, 0, 1, 1])).save(tmp_path / "dn")
+    PriorStore.build("i2l2", view, labels, mask, landmark_emb=np.eye(4, dtype=np.float32)[[0, 1, 2, 3]],
+                     landmark_labels=np.array([0, 0, 1, 1])).save(tmp_path / "dn")
     np.save(tmp_path / "views.npy", views)
-    out = main([f"prior_dir={tmp_path / 'sp'}", f"views={tmp_path / 'views.npy'}", f"out_dir={tmp_path / 'o'}", "samples=3", "top=2"])
+    out = main([f"prior_dir={tmp_path / 'sp'}", f"views={tmp_path / 'views.npy'}", f"out_dir={tmp_path / 'o'}",
+                "samples=3", "top=2"])
     text = capsys.readouterr().out
     assert "SparsePriorStore" in text and text.count("object ") == 3 and " l=" in text
     assert (tmp_path / "o" / "prior_histogram.png").is_file() and (tmp_path / "o" / "negatives_grid.png").is_file()

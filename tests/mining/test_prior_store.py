@@ -49,7 +49,8 @@ def reference_pairs(kind, world, rows, cols, delta=0.25, aggregate="mean_embeddi
                     cos = sum(ei[k] * ej[k] for k in range(D))
                     out[r, c] = (cos + 1) / 2
                 else:
-                    marks = [_unit(lm_emb[k].astype(np.float64)) for k in range(len(lm_labels)) if lm_labels[k] == labels[i]]
+                    marks = [_unit(lm_emb[k].astype(np.float64))
+                             for k in range(len(lm_labels)) if lm_labels[k] == labels[i]]
                     ui, uj = _unit(ei), _unit(ej)
                     pi = [sum(ui[d] * t[d] for d in range(D)) for t in marks]
                     pj = [sum(uj[d] * t[d] for d in range(D)) for t in marks]
@@ -61,7 +62,8 @@ def reference_pairs(kind, world, rows, cols, delta=0.25, aggregate="mean_embeddi
                     elif metric == "l1":
                         dist = sum(abs(a - b) for a, b in zip(pi, pj))
                     else:
-                        dist = sum(0.5 * a * math.log(2 * a / (a + b)) + 0.5 * b * math.log(2 * b / (a + b)) for a, b in zip(pi, pj))
+                        dist = sum(0.5 * a * math.log(2 * a / (a + b)) + 0.5 * b * math.log(2 * b / (a + b))
+                                   for a, b in zip(pi, pj))
                     out[r, c] = 1 / (1 + dist)
             else:
                 out[r, c] = delta
@@ -127,7 +129,8 @@ def test_from_category_matrices_sorts_members_and_does_not_mutate():
     np.testing.assert_array_equal(mat, keep)
     np.testing.assert_array_equal(store.category_members(3), [2, 5, 8])
     got = store.pairs([2, 5, 8, 0], [2, 5, 8, 0]).numpy()  # l(8,2)=0.1, l(8,5)=0.2, l(2,5)=0.3
-    expect = np.array([[1, 0.3, 0.1, 0.25], [0.3, 1, 0.2, 0.25], [0.1, 0.2, 1, 0.25], [0.25, 0.25, 0.25, 1]], np.float32)
+    expect = np.array([[1, 0.3, 0.1, 0.25], [0.3, 1, 0.2, 0.25], [0.1, 0.2, 1, 0.25], [0.25, 0.25, 0.25, 1]],
+                      np.float32)
     np.testing.assert_allclose(got, expect)
     with pytest.raises(DataError):
         PriorStore.from_category_matrices({0: ([1, 2], np.ones((2, 2))), 1: ([2, 3], np.ones((2, 2)))}, 5)

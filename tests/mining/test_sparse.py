@@ -1,5 +1,4 @@
 """SparsePriorStore: pairs() against a literal reference, symmetry, persistence, stale-cache detection."""
-import json
 
 import numpy as np
 import pytest
@@ -43,7 +42,8 @@ def world():
 def test_pairs_match_reference(world, kind, metric, symmetric):
     n_all, _, members, x = world
     v, i = topk_similar(x, 4, block_size=16, metric=metric, progress=False)
-    store = SparsePriorStore.from_topk(v, i, kind=kind, members=members, num_objects=n_all, delta=0.25, symmetric=symmetric)
+    store = SparsePriorStore.from_topk(v, i, kind=kind, members=members, num_objects=n_all, delta=0.25,
+                                       symmetric=symmetric)
     rng = np.random.default_rng(1)
     rows = np.concatenate([members[:10], rng.integers(0, n_all, 10)])
     cols = np.concatenate([members[:12], rng.integers(0, n_all, 12), rows[:3]])
@@ -89,7 +89,8 @@ def test_build_sparse_prior(world):
 def test_save_load_and_mismatch(world, tmp_path):
     n_all, _, members, x = world
     v, i = topk_similar(x, 4, block_size=16, progress=False)
-    store = SparsePriorStore.from_topk(v, i, kind="i2i", members=members, num_objects=n_all, delta=0.2, options={"aggregate": "mean_embedding"})
+    store = SparsePriorStore.from_topk(v, i, kind="i2i", members=members, num_objects=n_all, delta=0.2,
+                                       options={"aggregate": "mean_embedding"})
     manifest = store.save(tmp_path / "p", key={"features": "abc"})
     assert "delta" not in manifest["key"] and "fallback" not in manifest["key"]  # δ: applied at lookup
     expected = SparsePriorStore.manifest_key("i2i", {"aggregate": "mean_embedding"}, 4, {"features": "abc"}, n_all)
@@ -137,13 +138,17 @@ def test_ensure_sparse_prior_caches(world, tmp_path, monkeypatch):
     view = np.random.default_rng(3).normal(size=(n_all, 2, 8)).astype(np.float16)
     lm = np.random.default_rng(4).normal(size=(5, 8)).astype(np.float32)
     key = {"features": "f1", "member_split": "train"}
-    a = ensure_sparse_prior(tmp_path, "i2l2", view, mask, key=key, k=4, landmark_emb=lm, block_size=16, progress=False, softmax_temperature=0.1)
+    a = ensure_sparse_prior(tmp_path, "i2l2", view, mask, key=key, k=4, landmark_emb=lm, block_size=16, progress=False,
+                            softmax_temperature=0.1)
     built = []
     real = sparse_mod.build_sparse_prior
     monkeypatch.setattr(sparse_mod, "build_sparse_prior", lambda *a_, **kw: built.append(1) or real(*a_, **kw))
-    b = ensure_sparse_prior(tmp_path, "i2l2", view, mask, key=key, k=4, landmark_emb=lm, block_size=16, progress=False, softmax_temperature=0.1)
-    assert not built and torch.equal(a.pairs(np.arange(n_all), np.arange(n_all)), b.pairs(np.arange(n_all), np.arange(n_all)))
-    ensure_sparse_prior(tmp_path, "i2l2", view, mask, key={**key, "features": "f2"}, k=4, landmark_emb=lm, block_size=16, progress=False, softmax_temperature=0.1)
+    b = ensure_sparse_prior(tmp_path, "i2l2", view, mask, key=key, k=4, landmark_emb=lm, block_size=16, progress=False,
+                            softmax_temperature=0.1)
+    assert not built and torch.equal(a.pairs(np.arange(n_all), np.arange(n_all)),
+                                     b.pairs(np.arange(n_all), np.arange(n_all)))
+    ensure_sparse_prior(tmp_path, "i2l2", view, mask, key={**key, "features": "f2"}, k=4, landmark_emb=lm,
+                        block_size=16, progress=False, softmax_temperature=0.1)
     ensure_sparse_prior(tmp_path, "i2i", view, mask, key=key, k=5, block_size=16, progress=False)
     assert len(built) == 2 and len([p for p in tmp_path.iterdir() if p.is_dir()]) == 3
     with pytest.raises(ConfigError, match="softmax_temperature"):

@@ -30,7 +30,8 @@ def tied_data(n, d, seed):
     return x
 
 
-@pytest.mark.parametrize("n,d,k,bs", [(53, 6, 5, 16), (300, 8, 12, 64), (257, 4, 7, 32), (40, 5, 39, 8), (90, 3, 4, 1000)])
+@pytest.mark.parametrize("n,d,k,bs",
+                         [(53, 6, 5, 16), (300, 8, 12, 64), (257, 4, 7, 32), (40, 5, 39, 8), (90, 3, 4, 1000)])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("exclude_self", [True, False])
 def test_exact_with_ties(n, d, k, bs, metric, exclude_self):

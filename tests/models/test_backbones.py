@@ -59,7 +59,8 @@ SHAPES = {
         "sa.mlp_convs.0.weight": (64, 9, 1, 1), "sa.mlp_convs.2.weight": (128, 64, 1, 1),
         "sa.mlp_bns.2.running_mean": (128,), "lift.0.weight": (512, 131, 1), "lift.0.bias": (512,),
         "lift.2.weight": (512,), "cls_token": (512,), "transformer.layers.0.0.norm.weight": (512,),
-        "transformer.layers.11.0.fn.to_qkv.weight": (1536, 512), "transformer.layers.0.0.fn.to_out.0.weight": (512, 512),
+        "transformer.layers.11.0.fn.to_qkv.weight": (1536, 512),
+        "transformer.layers.0.0.fn.to_out.0.weight": (512, 512),
         "transformer.layers.0.1.norm.bias": (512,), "transformer.layers.3.1.fn.net.0.weight": (1024, 512),
         "transformer.layers.3.1.fn.net.3.weight": (512, 1024),
     },
@@ -267,7 +268,8 @@ def test_extra_channels_reach_the_first_layer_of_pointnet2_and_pointbert():
             assert not torch.allclose(model(x, f1), model(x, f3), atol=1e-4), name
 
 
-@pytest.mark.parametrize("name, n, match", [("pointnet2_ssg", 256, "at least 512"), ("pointbert_small", 16, "at least 32"),
+@pytest.mark.parametrize("name, n, match",
+                         [("pointnet2_ssg", 256, "at least 512"), ("pointbert_small", 16, "at least 32"),
                                             ("openshape_pointbert_b32_small", 31, "at least 32")])
 def test_too_few_points_and_bad_inputs_name_the_problem(name, n, match):
     model = build_backbone(name, **({"constant_rgb": 0.4} if "openshape" in name else {}))
@@ -299,7 +301,8 @@ def test_registry_builds_every_kind_by_name():
     names = list_encoders()
     for name, cls in [("pointnet2_ssg", PointNet2SSG), ("pointnet2_ssg_small", PointNet2SSG), ("pointbert", PointBERT),
                       ("pointbert_small", PointBERT), ("pointbert_ulip2", PointBERT),
-                      ("openshape_pointbert_b32", PointPatchTransformer), ("openshape_pointbert_g14", PointPatchTransformer),
+                      ("openshape_pointbert_b32", PointPatchTransformer),
+                      ("openshape_pointbert_g14", PointPatchTransformer),
                       ("openshape_pointbert_b32_small", PointPatchTransformer)]:
         assert name in names and backbone_class(name) is cls
     assert encoder_config("pointbert_small", depth=2) == {"num_group": 32, "group_size": 16, "depth": 2}
@@ -313,7 +316,8 @@ def test_registry_builds_every_kind_by_name():
     assert _n(enc.head) == 0 and enc.out_dim == 512
     with pytest.raises(ConfigError, match="without the final projection the embedding is 512-d"):
         build_point_encoder("openshape_pointbert_b32_small", embed_dim=64, head_mlps=[], head_projection=False)
-    assert _n(build_point_encoder("pointnet2_ssg", embed_dim=512, head_mlps=[])) == PARAMS["pointnet2_ssg"] + 256 * 512 + 512
+    assert (_n(build_point_encoder("pointnet2_ssg", embed_dim=512, head_mlps=[]))
+            == PARAMS["pointnet2_ssg"] + 256 * 512 + 512)
 
 
 def test_model_configs_build_the_presets():

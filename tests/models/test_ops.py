@@ -251,7 +251,8 @@ def test_export_mode_ops_equal_the_cpu_ops():
         assert got.dtype == expected.dtype and torch.equal(got, expected), i
     with export_mode():  # and the Python references directly
         assert furthest_point_sample(xyz[:1, :60], 17, start=5).tolist() == _fps_reference(xyz[:1, :60], 17, 5)
-        assert knn(support, support[:, [0, 13, 26]], 10).tolist() == _knn_reference(support, support[:, [0, 13, 26]], 10)
+        assert (knn(support, support[:, [0, 13, 26]], 10).tolist()
+                == _knn_reference(support, support[:, [0, 13, 26]], 10))
 
 
 def test_export_mode_is_per_thread_nests_and_is_on_while_tracing():

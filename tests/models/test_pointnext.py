@@ -15,7 +15,8 @@ from captionless3d.models import (
 )
 
 # exact counts, identical to openpoints==0.1.2's PointNextEncoder built from the same settings
-ENCODER_PARAMS = {"pointnext_s": 968_480, "pointnext_b": 3_476_224, "pointnext_l": 6_773_440, "pointnext_xl": 40_174_848}
+ENCODER_PARAMS = {"pointnext_s": 968_480, "pointnext_b": 3_476_224, "pointnext_l": 6_773_440,
+                  "pointnext_xl": 40_174_848}
 
 
 def _n(module: torch.nn.Module) -> int:

@@ -53,7 +53,8 @@ def pointbert_src() -> torch.nn.Module:
 def test_ulip1_checkpoint_file_round_trip(tmp_path, name, kw):
     src = _ulip_source(name, 24, **kw)
     path = tmp_path / "ulip.pt"
-    torch.save(ulip_checkpoint(src), path)  # {"state_dict": module.point_encoder.* + module.pc_projection + towers, "args"}
+    # {"state_dict": module.point_encoder.* + module.pc_projection + towers, "args"}
+    torch.save(ulip_checkpoint(src), path)
     dst = build_point_encoder(name, embed_dim=24, head_mlps=[], **kw)
     report = load_pretrained(dst, path)
     assert report.layout == "ulip" and report.source == str(path)

@@ -465,10 +465,10 @@ def test_kernels_compile_for_sm90(monkeypatch):
     compiled for sm_90 through ptxas, with the launch's own block sizes, warps and options; no FMA in the PTX.
     A control compile with FMA contraction enabled does contain FMAs, so the check can fail."""
     try:
+        import triton
         from triton.backends.compiler import GPUTarget
         from triton.backends.nvidia.compiler import CUDABackend
         from triton.compiler import ASTSource
-        import triton
     except Exception as exc:  # noqa: BLE001 - Triton without its NVIDIA backend
         pytest.skip(f"no Triton NVIDIA backend: {exc}")
     del CUDABackend
@@ -512,7 +512,7 @@ def test_kernels_compile_for_sm90(monkeypatch):
         opts = {k: v for k, v in kw.items() if k in options_keys} | override
         return triton.compile(ASTSource(jit, sig, consts), target=target, options=opts)
 
-    for name, grid, args, kw in launches:
+    for name, _grid, args, kw in launches:
         assert kw["enable_fp_fusion"] is False, name
         if name == "fps" and kw["BLOCK"] > 2048:
             continue  # same code as the 2048-point launch, only more registers: keep the test fast

@@ -19,11 +19,10 @@ import argparse
 
 import pytest
 import torch
+from fixtures.formats import ulip_checkpoint
 
 from captionless3d.errors import CheckpointError
 from captionless3d.models import build_point_encoder, create_encoder
-from fixtures.formats import ulip_checkpoint
-
 from captionless3d.models.weights import (
     checkpoint_in_channels,
     convert_state_dict,
@@ -39,7 +38,7 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Non-trivial BN statistics and affine parameters, so a wrongly mapped tensor changes the output."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() > 1 else 0.5))
         for name, b in model.named_buffers():
             if name.endswith("running_mean"):

@@ -85,9 +85,11 @@ def _inject(kind: str, fault: str, monkeypatch) -> None:
             real_fdopen = os.fdopen
             monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: _DiskFull(real_fdopen(fd, mode)))
     elif fault == "enospc_fsync":  # NFS and quota'd file systems report a full disk at fsync/close
-        monkeypatch.setattr(atomic.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+        monkeypatch.setattr(atomic.os, "fsync",
+                            lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     elif fault == "rename":
-        monkeypatch.setattr(atomic.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+        monkeypatch.setattr(atomic.os, "replace", lambda a,
+                            b: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
     else:
         raise AssertionError(fault)
 
@@ -180,7 +182,8 @@ def test_lightning_own_checkpoint_temp_file_is_not_next_to_the_target(tmp_path, 
     monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
     moves = []
     real_move = shutil.move
-    monkeypatch.setattr(shutil, "move", lambda src, dst, *a, **k: (moves.append((src, dst)), real_move(src, dst, *a, **k))[1])
+    monkeypatch.setattr(shutil, "move", lambda src, dst, *a,
+                        **k: (moves.append((src, dst)), real_move(src, dst, *a, **k))[1])
     target = tmp_path / "ckpts" / "last.ckpt"
     TorchCheckpointIO().save_checkpoint({"w": torch.ones(2)}, target)
     assert moves and os.path.dirname(moves[0][0]) == str(elsewhere)  # temp file not in the checkpoint directory

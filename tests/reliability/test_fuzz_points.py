@@ -21,7 +21,8 @@ from captionless3d.data.pointcloud import check_points, normalise_unit_sphere
 from captionless3d.errors import Captionless3DError, DataError
 from captionless3d.models import ops
 
-FUZZ = settings(max_examples=int(os.environ.get("RELIABILITY_EXAMPLES", 50)), deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=int(os.environ.get("RELIABILITY_EXAMPLES", 50)), deadline=None, derandomize=True,
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 STATS: Counter = Counter()
 
@@ -35,7 +36,8 @@ def clouds(draw, min_n: int = 1, max_n: int = 40, max_b: int = 3, allow_bad: boo
     """(B, N, 3) float32 clouds: random, with duplicated points, constant, tiny or huge, optionally NaN/Inf."""
     b = draw(st.integers(1, max_b))
     n = draw(st.integers(min_n, max_n))
-    style = draw(st.sampled_from(["random", "random", "random", "duplicates", "constant", "huge", "tiny"] + (["nonfinite"] if allow_bad else [])))
+    style = draw(st.sampled_from(["random", "random", "random", "duplicates", "constant", "huge", "tiny"]
+                                 + (["nonfinite"] if allow_bad else [])))
     if style == "random":
         arr = draw(hnp.arrays(np.float32, (b, n, 3), elements=small))
     elif style == "duplicates":
@@ -186,11 +188,13 @@ def encoder():
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=int(os.environ.get("RELIABILITY_ENCODER_EXAMPLES", 30)), deadline=None, derandomize=True, database=None,
+@settings(max_examples=int(os.environ.get("RELIABILITY_ENCODER_EXAMPLES", 30)), deadline=None, derandomize=True,
+          database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_encoder_gives_finite_embedding_or_our_error_never_silent_nan(encoder, data):
-    n = data.draw(st.sampled_from([1, 2, encoder.encoder.min_points if hasattr(encoder.encoder, "min_points") else 64, 96]))
+    n = data.draw(st.sampled_from([1, 2, encoder.encoder.min_points if hasattr(encoder.encoder, "min_points") else 64,
+                                   96]))
     xyz = data.draw(clouds(min_n=n, max_n=n, max_b=2), label="xyz")
     normalise = data.draw(st.booleans(), label="normalise first")
     if normalise:

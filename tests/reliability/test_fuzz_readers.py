@@ -15,21 +15,23 @@ import pickle
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fixtures import formats as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from captionless3d.data import readers as R
 from captionless3d.errors import Captionless3DError
-from fixtures import formats as F
 
-FUZZ = settings(max_examples=int(os.environ.get("RELIABILITY_EXAMPLES", 50)), deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=int(os.environ.get("RELIABILITY_EXAMPLES", 50)), deadline=None, derandomize=True,
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 STATS: Counter = Counter()
 ANGLES = (0, 12)
@@ -192,14 +194,16 @@ arbitrary_cloud = hnp.arrays(
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=90),
     elements={"allow_nan": True, "allow_infinity": True},
 )
-# almost valid: the right layout ((P, 3) or (P, 6), enough points) with extreme, duplicate, constant or non-finite values
+# almost valid: the right layout ((P, 3) or (P, 6), enough points) with extreme, duplicate, constant or non-finite
+# values
 near_valid_cloud = st.one_of(
     hnp.arrays(dtype=st.sampled_from([np.float32, np.float64]),
                shape=st.tuples(st.integers(60, 90), st.sampled_from([3, 6])),
                elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
     hnp.arrays(dtype=np.float32, shape=st.tuples(st.integers(60, 90), st.just(3)),
                elements=st.floats(-1e3, 1e3, width=32)),
-    st.builds(lambda n, v: np.full((n, 3), v, np.float32), st.integers(60, 90), st.floats(-3.0e38, 3.0e38).map(np.float32)),
+    st.builds(lambda n, v: np.full((n, 3), v, np.float32), st.integers(60, 90),
+              st.floats(-3.0e38, 3.0e38).map(np.float32)),
 )
 cloud = st.one_of(arbitrary_cloud, near_valid_cloud)
 
@@ -215,7 +219,8 @@ def _write_cloud(name: str, root: Path, arr: np.ndarray) -> tuple[Path, Callable
     elif name in ("modelnet40_h5", "scanobjectnn"):
         import h5py
 
-        path = root / "ply_data_test0.h5" if name == "modelnet40_h5" else root / "main_split_nobg" / "test_objectdataset.h5"
+        path = (root / "ply_data_test0.h5" if name == "modelnet40_h5"
+                else root / "main_split_nobg" / "test_objectdataset.h5")
         original = path.read_bytes()
         with h5py.File(path, "r+") as h5:
             del h5["data"]

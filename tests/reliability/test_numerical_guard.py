@@ -60,7 +60,8 @@ def test_non_finite_loss_from_teacher_embeddings_is_caught_in_validation_too():
     module = _module(_Encoder())
     bad_teacher = torch.randn(3, 4)
     bad_teacher[0, 0] = float("nan")
-    with pytest.raises(NumericalError, match=r"non-finite loss at val step 0.*object ids \['obj-001', 'obj-002', 'obj-007'\]"):
+    with pytest.raises(NumericalError,
+                       match=r"non-finite loss at val step 0.*object ids \['obj-001', 'obj-002', 'obj-007'\]"):
         module.validation_step(_batch([1, 2, 7], image_emb=bad_teacher), 0)
 
 

@@ -76,7 +76,8 @@ def test_preemption_signal_saves_checkpoint_exits_and_resumes_exactly(warm_cache
             proc.kill()
     output = (root / f"{run_dir.name}.log").read_text()
     assert code == 128 + signum, output[-4000:]
-    assert f"pre-empted by {signame} at epoch 1, step 6: saved checkpoint {run_dir / 'checkpoints' / 'last.ckpt'}" in output
+    assert (f"pre-empted by {signame} at epoch 1, step 6: saved checkpoint "
+            f"{run_dir / 'checkpoints' / 'last.ckpt'}" in output)
     assert f"hydra.run.dir={run_dir} ckpt_path=last" in output
     assert "Traceback" not in output
     saved = state_of(run_dir / "checkpoints" / "last.ckpt")

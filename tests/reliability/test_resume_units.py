@@ -158,7 +158,8 @@ def _fit_with_signal(tmp_path, capsys, signame, signal_epoch):
         trainer.fit(_Tiny(getattr(signal, signame), signal_epoch), DataLoader(data, batch_size=4),
                     DataLoader(data, batch_size=4))
     assert signal.getsignal(getattr(signal, signame)) == previous  # handlers restored after the exit
-    return info.value.code, capsys.readouterr().err, torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    return (info.value.code, capsys.readouterr().err,
+            torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True))
 
 
 def test_signal_during_validation_saves_at_epoch_end_not_mid_validation(tmp_path, capsys):

@@ -105,7 +105,8 @@ def _reviewed(hit: str) -> bool:
 def test_no_unreviewed_unsafe_deserialisation_or_code_execution_in_src():
     hits = _scan()
     unreviewed = [h for h in hits if not _reviewed(h)]
-    assert not unreviewed, "unreviewed unsafe calls (fix them or add a reviewed reason to REVIEWED):\n" + "\n".join(unreviewed)
+    assert not unreviewed, ("unreviewed unsafe calls (fix them or add a reviewed reason to REVIEWED):\n"
+                            + "\n".join(unreviewed))
 
 
 def test_the_scanner_finds_what_it_must_find(tmp_path, monkeypatch):

@@ -29,7 +29,8 @@ def compare():
 
 def _run_dir(root: Path, name: str, experiment: str, seed: int | None, zs: float, *, seed_in: str = "summary",
              benchmark: str = "heldout") -> Path:
-    """One fake run: ``summary.json`` with heldout metrics; its seed in the summary, in .hydra/config.yaml or nowhere."""
+    """One fake run: ``summary.json`` with heldout metrics; its seed in the summary, in .hydra/config.yaml or
+    nowhere."""
     run = root / name
     run.mkdir(parents=True)
     summary = {"experiment": experiment, "metrics": {benchmark: {ZS: zs, PAPER: zs / 2}}}

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fixtures.formats import write_modelnet40_dat, write_pix3d, write_scanobjectnn_h5, write_ulip_shapenet
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -66,9 +65,9 @@ def test_shapenet_builds_then_reuses_the_pipeline_store(tmp_path, teacher_args, 
     # the training pipeline names exactly this directory (same reader params as configs/data/shapenet_ulip2.yaml)
     from omegaconf import OmegaConf
 
-    from captionless3d.prepare_data import DEFAULT_PROMPT_TEMPLATE
     from captionless3d.data.readers import read_ulip_shapenet
     from captionless3d.pipeline import build_features
+    from captionless3d.prepare_data import DEFAULT_PROMPT_TEMPLATE
     from captionless3d.teacher.openclip import create_teacher
 
     collection = read_ulip_shapenet(root, view_angles=[0, 12], n_points=256, image_size=16, check_images=False)

@@ -37,7 +37,8 @@ def reproduced(workdir) -> tuple[subprocess.CompletedProcess, Path, Path]:
     root = workdir / "ok"
     root.mkdir()
     doc = root / "doc.md"
-    proc = _run(["--preset", "quick", "--variants", "baseline", "avg", "--seeds", "0", "1", "--write-doc", str(doc)], root)
+    proc = _run(["--preset", "quick", "--variants", "baseline", "avg", "--seeds", "0", "1", "--write-doc", str(doc)],
+                root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (sweep,) = (root / "outputs" / "train" / "multiruns").iterdir()
     return proc, sweep, doc
@@ -59,7 +60,8 @@ def test_table_has_both_variants_mean_std_and_chance(reproduced):
     assert "efficiency/zeroshot_top1" in rows["baseline"]["metrics"]
     # the paired comparison against the baseline, seed by seed
     paired = json.loads((sweep / "paired.json").read_text())
-    assert paired["reference"] == "baseline" and "paired differences vs baseline" in (sweep / "reproduce.md").read_text()
+    assert (paired["reference"] == "baseline"
+            and "paired differences vs baseline" in (sweep / "reproduce.md").read_text())
     # tiny world: 4 categories, 3 test shapes each, 2 photos per shape -> honest chance levels
     report = json.loads((sweep / "reproduce.json").read_text())
     chance = report["chance"]
@@ -124,7 +126,8 @@ def test_bad_override_is_a_clear_error(workdir):
 def test_failing_run_names_its_run_dir_and_log(reproduced, workdir):
     root = workdir / "failing"  # after the fixture: the tiny world and teacher caches are warm
     root.mkdir()
-    proc = _run(["--preset", "quick", "--variants", "baseline", "avg", "eval.heldout.runner.protocols=[zeroshot,nope]"], root)
+    proc = _run(["--preset", "quick", "--variants", "baseline", "avg", "eval.heldout.runner.protocols=[zeroshot,nope]"],
+                root)
     assert proc.returncode == 1, proc.stderr[-3000:]
     (sweep,) = (root / "outputs" / "train" / "multiruns").iterdir()
     assert f"run dir: {sweep / 'baseline_seed0'}" in proc.stderr

@@ -44,11 +44,13 @@ class FakeCollection:
         self.photos = rs.randint(0, 256, (self.n, self.k, self.size, self.size, 3), dtype=np.uint8)
         self.masks = rs.rand(self.n, self.k, self.size, self.size) > 0.5
         self.captions = [
-            [f"a {('red', 'blue')[i % 2]} {self.subtypes[self.subtype_ids[i]].split('/')[1]} {self.categories[self.labels[i]]}",
+            [f"a {('red', 'blue')[i % 2]} {self.subtypes[self.subtype_ids[i]].split('/')[1]} "
+             f"{self.categories[self.labels[i]]}",
              f"a {self.categories[self.labels[i]]}"]
             for i in range(self.n)
         ]
-        self.landmarks = {c: [f"a {c} for the kitchen", f"a {c} with a rounded edge", f"a tall {c}"] for c in self.categories}
+        self.landmarks = {c: [f"a {c} for the kitchen", f"a {c} with a rounded edge", f"a tall {c}"]
+                          for c in self.categories}
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split).astype(np.int64)

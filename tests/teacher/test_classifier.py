@@ -77,7 +77,8 @@ def test_openclip_template_sets_and_callables():
 
     assert len(TEMPLATE_SETS["openai_imagenet"]) == len(meta.OPENAI_IMAGENET_TEMPLATES) == 80
     assert len(TEMPLATE_SETS["simple_imagenet"]) == len(meta.SIMPLE_IMAGENET_TEMPLATES)
-    for name, fns in (("openai_imagenet", meta.OPENAI_IMAGENET_TEMPLATES), ("simple_imagenet", meta.SIMPLE_IMAGENET_TEMPLATES)):
+    for name, fns in (("openai_imagenet", meta.OPENAI_IMAGENET_TEMPLATES),
+                      ("simple_imagenet", meta.SIMPLE_IMAGENET_TEMPLATES)):
         assert [t.format("office chair") for t in TEMPLATE_SETS[name]] == [f("office chair") for f in fns]
     # callables and format strings give the same classifier
     toy = ToyTeacher()

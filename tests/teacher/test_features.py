@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from captionless3d.errors import CacheError, DataError
 from captionless3d.teacher.features import (
@@ -31,7 +30,8 @@ def test_build_shapes_dtypes_and_values(fake_collection, tiny_teacher, tmp_path,
     direct = tiny_teacher.encode_images(c.views[4]).numpy()
     np.testing.assert_allclose(store.view_emb[4].astype(np.float32), direct, atol=2e-3)
     masked = c.photos[5] * c.masks[5][..., None].astype(np.uint8)
-    np.testing.assert_allclose(store.photo_masked_emb[5].astype(np.float32), tiny_teacher.encode_images(masked).numpy(), atol=2e-3)
+    np.testing.assert_allclose(store.photo_masked_emb[5].astype(np.float32), tiny_teacher.encode_images(masked).numpy(),
+                               atol=2e-3)
     assert not np.allclose(store.photo_masked_emb[5], store.photo_emb[5])
     prompts = tiny_teacher.encode_texts(["a point cloud model of a table"]).numpy()
     np.testing.assert_allclose(store.prompt_emb[1].astype(np.float32), prompts[0], atol=2e-3)
@@ -41,7 +41,8 @@ def test_build_shapes_dtypes_and_values(fake_collection, tiny_teacher, tmp_path,
     assert manifest["key"]["prompt_template"] == "a point cloud model of a {}"
     assert "white" in manifest["key"]["background_policy"]
     assert manifest["version"] == 2 and manifest["layout"]["shard_size"] == 4096
-    assert set(manifest["files"]) == {f"{a}.npy" for a in ARRAY_NAMES[3:]} | {f"{a}/shard-00000.npy" for a in ARRAY_NAMES[:3]}
+    assert (set(manifest["files"])
+            == {f"{a}.npy" for a in ARRAY_NAMES[3:]} | {f"{a}/shard-00000.npy" for a in ARRAY_NAMES[:3]})
     assert store.mean_view_emb().shape == (c.n, 32)
     assert store.landmarks_of(2).shape == (3, 32)
 
@@ -56,7 +57,8 @@ def test_ensure_reuses_and_rebuilds_when_stale(fake_collection, tiny_teacher, tm
     np.testing.assert_array_equal(first.view_emb, again.view_emb)
     monkeypatch.undo()
     with pytest.raises(CacheError, match="prompt_template"):
-        ensure_feature_store(c, tiny_teacher, tmp_path / "fs", prompt_template="a {}", rebuild_stale=False, progress=False)
+        ensure_feature_store(c, tiny_teacher, tmp_path / "fs", prompt_template="a {}", rebuild_stale=False,
+                             progress=False)
     rebuilt = ensure_feature_store(c, tiny_teacher, tmp_path / "fs", prompt_template="a {}", progress=False)
     assert rebuilt.key["prompt_template"] == "a {}"
 

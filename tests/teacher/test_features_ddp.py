@@ -46,7 +46,8 @@ def test_two_process_ddp_equals_single_process(fake_collection, tiny_teacher, tm
     assert (now.st_ino, now.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
     for name in SHARDED_ARRAYS:
         for k in range(6):
-            assert (out / shard_file(name, k)).read_bytes() == (ref / shard_file(name, k)).read_bytes(), shard_file(name, k)
+            assert ((out / shard_file(name, k)).read_bytes()
+                    == (ref / shard_file(name, k)).read_bytes()), shard_file(name, k)
     for name in ("prompt_emb.npy", "landmark_emb.npy", "landmark_labels.npy"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
     assert manifest["files"] == json.loads((ref / "manifest.json").read_text())["files"]
@@ -65,7 +66,8 @@ def test_features_entry_point_builds_the_store_training_reuses(tmp_path):
     paths = [f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'out'}"]
     tiny = ["data=synthetic_tiny", "teacher=synthetic_tiny"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, "-m", "captionless3d.features", *tiny, "shard_size=8", "num_workers=0", "num_threads=1", *paths]
+    args = [sys.executable, "-m", "captionless3d.features", *tiny, "shard_size=8", "num_workers=0", "num_threads=1",
+            *paths]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "images/s" in proc.stdout

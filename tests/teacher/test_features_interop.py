@@ -34,11 +34,13 @@ def test_paper_pth_round_trip_and_pipeline_import(fake_collection, tiny_teacher,
     assert imported.provenance["compute"]["source"] == "paper" and imported.photo_emb.shape == (c.n, 0, 32)
     original = _by_id(c, store)
     for i, oid in enumerate(col.object_ids):
-        np.testing.assert_allclose(np.asarray(imported.view_emb[i], np.float32), original[oid.split("-", 1)[1]], atol=1e-3)
+        np.testing.assert_allclose(np.asarray(imported.view_emb[i], np.float32), original[oid.split("-", 1)[1]],
+                                   atol=1e-3)
     # the training pipeline imports them by itself (no renders, precomputed embeddings) under the usual key
     from captionless3d.pipeline import build_features
 
-    cfg = OmegaConf.create({"prompt_template": "a point cloud model of a {}", "paths": {"cache_dir": str(tmp_path / "cache")}})
+    cfg = OmegaConf.create({"prompt_template": "a point cloud model of a {}",
+                            "paths": {"cache_dir": str(tmp_path / "cache")}})
     piped = build_features(cfg, col, tiny_teacher)
     assert piped.view_emb.shape == (c.n, c.v, 32)
     load_feature_store(piped.directory, feature_store_key(col, tiny_teacher))

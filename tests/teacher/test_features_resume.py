@@ -60,7 +60,8 @@ def test_sigkill_midway_then_resume_is_byte_identical(fake_collection, tiny_teac
     assert finished and len(finished) < 6
     before = {(name, k): (out / shard_file(name, k)).stat() for name in SHARDED_ARRAYS for k in finished}
 
-    store = build_feature_store(fake_collection, tiny_teacher, out, shard_size=2, batch_size=8, num_threads=1, progress=False)
+    store = build_feature_store(fake_collection, tiny_teacher, out, shard_size=2, batch_size=8, num_threads=1,
+                                progress=False)
     assert store.stats["shards_reused"] == len(finished) and store.stats["shards_encoded"] == 6 - len(finished)
     for (name, k), st in before.items():  # finished shards were kept, not rewritten
         now = (out / shard_file(name, k)).stat()
@@ -71,6 +72,7 @@ def test_sigkill_midway_then_resume_is_byte_identical(fake_collection, tiny_teac
     build_feature_store(fake_collection, tiny_teacher, ref, shard_size=2, batch_size=8, num_threads=1, progress=False)
     for name in SHARDED_ARRAYS:
         for k in range(6):
-            assert (out / shard_file(name, k)).read_bytes() == (ref / shard_file(name, k)).read_bytes(), shard_file(name, k)
+            assert ((out / shard_file(name, k)).read_bytes()
+                    == (ref / shard_file(name, k)).read_bytes()), shard_file(name, k)
     for name in ("prompt_emb.npy", "landmark_emb.npy", "landmark_labels.npy"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name

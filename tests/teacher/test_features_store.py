@@ -37,7 +37,8 @@ def test_layout_manifest_and_sharded_arrays(fake_collection, tiny_teacher, tmp_p
     c = fake_collection
     store = _build(c, tiny_teacher, tmp_path / "fs")
     d = tmp_path / "fs"
-    assert sorted(p.name for p in (d / "view_emb").iterdir()) == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    assert (sorted(p.name for p in (d / "view_emb").iterdir())
+            == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"])
     assert [np.load(d / shard_file("photo_emb", k)).shape for k in range(3)] == [(5, 2, 32), (5, 2, 32), (2, 2, 32)]
     assert not (d / "progress").exists() and not list(d.rglob("*.tmp"))
     m = json.loads((d / "manifest.json").read_text())
@@ -51,7 +52,8 @@ def test_layout_manifest_and_sharded_arrays(fake_collection, tiny_teacher, tmp_p
     assert isinstance(store.view_emb, ShardedArray) and store.view_emb.shape == (12, 3, 32)
     # every row equals a direct teacher call, across shard boundaries
     direct = tiny_teacher.encode_images(np.ascontiguousarray(c.views[[4, 5, 11]].reshape(-1, 32, 32, 3))).numpy()
-    np.testing.assert_allclose(store.view_emb[np.array([4, 5, 11])].reshape(-1, 32).astype(np.float32), direct, atol=2e-3)
+    np.testing.assert_allclose(store.view_emb[np.array([4, 5, 11])].reshape(-1, 32).astype(np.float32), direct,
+                               atol=2e-3)
     np.testing.assert_allclose(store.mean_view_emb(), store.mean_view_emb(np.arange(12)), atol=1e-6)
 
 
@@ -86,7 +88,8 @@ def test_corrupt_shard_is_named_and_only_it_is_rebuilt(fake_collection, tiny_tea
     raw = bytearray(bad.read_bytes())
     raw[-7] ^= 0xFF
     bad.write_bytes(bytes(raw))
-    with pytest.raises(CacheError, match=r"view_emb/shard-00001\.npy: checksum mismatch in view_emb shard 1 \(objects 5\.\.9\)"):
+    with pytest.raises(CacheError,
+                       match=r"view_emb/shard-00001\.npy: checksum mismatch in view_emb shard 1 \(objects 5\.\.9\)"):
         load_feature_store(d)
     lazy = load_feature_store(d, verify_checksums="lazy")  # opens; shard 1 is checked when first read
     np.testing.assert_array_equal(lazy.view_emb[:5], good[:5])
@@ -114,7 +117,9 @@ def test_manifest_of_another_teacher_is_refused(fake_collection, tiny_teacher, t
     d = tmp_path / "fs"
     _build(fake_collection, tiny_teacher, d)
     key = {**feature_store_key(fake_collection, tiny_teacher), "teacher_id": "openclip:ViT-B-32:laion2b_s34b_b79k"}
-    with pytest.raises(CacheError, match=rf"teacher_id: cache has '{tiny_teacher.id}', run expects 'openclip:ViT-B-32:laion2b_s34b_b79k'"):
+    with pytest.raises(CacheError,
+                       match=rf"teacher_id: cache has '{tiny_teacher.id}', run expects "
+                             r"'openclip:ViT-B-32:laion2b_s34b_b79k'"):
         load_feature_store(d, key)
 
 
@@ -123,7 +128,8 @@ def test_object_with_fewer_views_is_named(fake_collection, tiny_teacher, tmp_pat
     c = fake_collection
     views = c.views
     if kind == "lazy_reader":  # what the real readers give: rows decoded on access, shape-checked
-        c.views = LazyArray(c.n, views.shape[1:], np.uint8, lambda i: views[i][:2] if i == 6 else views[i], name="views")
+        c.views = LazyArray(c.n, views.shape[1:], np.uint8, lambda i: views[i][:2] if i == 6 else views[i],
+                            name="views")
     else:  # an array-like that silently returns a short row
         class Ragged:
             shape, dtype = views.shape, views.dtype
@@ -134,7 +140,9 @@ def test_object_with_fewer_views_is_named(fake_collection, tiny_teacher, tmp_pat
             def __getitem__(self, key):
                 if isinstance(key, (int, np.integer)):
                     return views[key][:2] if key == 6 else views[key]
-                return np.stack([self[i] for i in range(*key.indices(len(views)))]) if 6 not in range(*key.indices(len(views))) else [self[i] for i in range(*key.indices(len(views)))]
+                return (np.stack([self[i] for i in range(*key.indices(len(views)))])
+                        if 6 not in range(*key.indices(len(views)))
+                        else [self[i] for i in range(*key.indices(len(views)))])
 
         c.views = Ragged()
     with pytest.raises(DataError, match=r"object 'obj0006' \(index 6\) in shard 1.*views"):
@@ -154,7 +162,8 @@ def test_resume_skips_finished_shards_in_process(fake_collection, tiny_teacher, 
     before = _stat(d / shard_file("view_emb", 1))
     encoded = []
     real = extract.encode_chunk
-    monkeypatch.setattr(extract, "encode_chunk", lambda t, chunk, plan, start, **kw: encoded.append(start) or real(t, chunk, plan, start, **kw))
+    monkeypatch.setattr(extract, "encode_chunk", lambda t, chunk, plan, start,
+                        **kw: encoded.append(start) or real(t, chunk, plan, start, **kw))
     store = _build(c, tiny_teacher, d)
     assert sorted(encoded) == [0, 2, 4, 10]  # chunks (8 // 3 = 2 objects) of shards 0 and 2 only
     assert _stat(d / shard_file("view_emb", 1)) == before
@@ -174,9 +183,9 @@ def test_plan_chunks_never_straddle_shards():
 
 
 def test_consumers_accept_the_sharded_store(fake_collection, tiny_teacher, tmp_path):
-    from captionless3d.training.datamodule import PointViewDataModule
     from captionless3d.mining.sparse import build_sparse_prior
     from captionless3d.mining.store import PriorStore
+    from captionless3d.training.datamodule import PointViewDataModule
 
     c = fake_collection
     store: FeatureStore = _build(c, tiny_teacher, tmp_path / "fs")

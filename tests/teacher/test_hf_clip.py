@@ -73,8 +73,10 @@ def test_matches_transformers_reference_pipeline(teacher, tiny_dir):
         ref_txt = teacher.model.get_text_features(**tok)
     ref_img = getattr(ref_img, "pooler_output", ref_img)
     ref_txt = getattr(ref_txt, "pooler_output", ref_txt)
-    torch.testing.assert_close(teacher.encode_images(x), torch.nn.functional.normalize(ref_img, dim=-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(teacher.encode_texts(texts), torch.nn.functional.normalize(ref_txt, dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(teacher.encode_images(x), torch.nn.functional.normalize(ref_img, dim=-1), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(teacher.encode_texts(texts), torch.nn.functional.normalize(ref_txt, dim=-1), atol=1e-5,
+                               rtol=0)
 
 
 @pytest.mark.parametrize("shape", [(SIZE, SIZE), (48, 60), (71, 40), (100, 100), (20, 30), (45, 50)])

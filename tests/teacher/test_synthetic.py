@@ -48,7 +48,8 @@ def test_training_input_validation(tmp_path):
     with pytest.raises(DataError, match="uint8"):
         syn.train_synthetic_teacher(imgs.astype(np.float32), [["a"]] * 3, tmp_path, model_config=MICRO, progress=False)
     with pytest.raises(ConfigError, match="image_weights"):
-        syn.train_synthetic_teacher(imgs, [["a"]] * 3, tmp_path, model_config=MICRO, image_weights=[1.0], progress=False)
+        syn.train_synthetic_teacher(imgs, [["a"]] * 3, tmp_path, model_config=MICRO, image_weights=[1.0],
+                                    progress=False)
     with pytest.raises(ConfigError, match="epochs"):
         syn.train_synthetic_teacher(imgs, [["a"]] * 3, tmp_path, model_config=MICRO, epochs=0, progress=False)
 
@@ -125,8 +126,10 @@ def test_masked_photos_are_appended_with_a_black_background(fake_collection):
 
 def test_cross_domain_term_trains_and_changes_the_manifest_key(fake_collection, tmp_path):
     base = dict(model_config=MICRO, model_name="micro-syn", epochs=1, batch_size=4, max_steps=2, progress=False)
-    plain = syn.ensure_synthetic_teacher(fake_collection, tmp_path, cross_domain_weight=0.0, masked_photos=False, **base)
-    paired = syn.ensure_synthetic_teacher(fake_collection, tmp_path, cross_domain_weight=1.0, masked_photos=True, **base)
+    plain = syn.ensure_synthetic_teacher(fake_collection, tmp_path, cross_domain_weight=0.0, masked_photos=False,
+                                         **base)
+    paired = syn.ensure_synthetic_teacher(fake_collection, tmp_path, cross_domain_weight=1.0, masked_photos=True,
+                                          **base)
     dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert len(dirs) == 2 and plain.id != paired.id
     manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]

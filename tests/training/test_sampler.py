@@ -10,10 +10,10 @@ import torch
 from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from captionless3d.training.datamodule import PointViewDataModule
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.mining import PriorStore
 from captionless3d.mining.neighbours import neighbours_from_prior
+from captionless3d.training.datamodule import PointViewDataModule
 from captionless3d.training.sampler import (
     HardGroupBatchSampler,
     check_sampler_config,
@@ -30,7 +30,8 @@ def world():
     centres = rng.normal(size=(N_CAT, D)) * 2
     # within a category: a few sub-clusters, so neighbourhoods are structured
     sub = rng.normal(size=(N_CAT, 6, D))
-    view = centres[labels][:, None] + sub[labels, rng.integers(0, 6, labels.size)][:, None] + 0.3 * rng.normal(size=(labels.size, 3, D))
+    view = (centres[labels][:, None] + sub[labels, rng.integers(0, 6, labels.size)][:, None]
+            + 0.3 * rng.normal(size=(labels.size, 3, D)))
     splits = np.where(np.tile(np.arange(PER_CAT), N_CAT) < 96, "train", "val").astype(object)
     splits[np.flatnonzero(splits == "val")[1::2]] = "test"
     store = PriorStore.build("i2i", view.astype(np.float16), labels, splits == "train")
@@ -73,7 +74,8 @@ def test_neighbours_from_prior_matches_brute_force(world):
     assert (world["labels"][train][np.where(got >= 0, got, 0)] == world["labels"][train][:, None])[got >= 0].all()
 
     # AVG: two stores with the same members, ranked by the mean of row-normalised priors
-    other = PriorStore.build("i2i", world["view"][:, :1].astype(np.float16), world["labels"], world["splits"] == "train")
+    other = PriorStore.build("i2i", world["view"][:, :1].astype(np.float16), world["labels"],
+                             world["splits"] == "train")
     got2 = neighbours_from_prior([store, other], train, k=5)
     np.testing.assert_array_equal(got2, _brute_neighbours([store, other], train, world["labels"], 5))
 
@@ -93,7 +95,8 @@ def test_every_index_exactly_once_per_epoch_over_ranks(world, replicas, fraction
     for epoch in (0, 3):
         per_rank = []
         for rank in range(replicas):
-            s = HardGroupBatchSampler(nb, bsz, group_size=4, hard_fraction=fraction, num_replicas=replicas, rank=rank, seed=7)
+            s = HardGroupBatchSampler(nb, bsz, group_size=4, hard_fraction=fraction, num_replicas=replicas, rank=rank,
+                                      seed=7)
             s.set_epoch(epoch)
             batches = list(s)
             assert len(batches) == len(s) == n // (bsz * replicas)
@@ -116,7 +119,8 @@ def test_drop_and_pad_rules_when_not_divisible(world, replicas):
     for drop_last in (True, False):
         flat, lengths = [], []
         for rank in range(replicas):
-            s = HardGroupBatchSampler(nb, bsz, group_size=4, hard_fraction=0.5, drop_last=drop_last, num_replicas=replicas, rank=rank)
+            s = HardGroupBatchSampler(nb, bsz, group_size=4, hard_fraction=0.5, drop_last=drop_last,
+                                      num_replicas=replicas, rank=rank)
             batches = list(s)
             lengths.append(len(batches))
             assert all(len(b) == bsz and len(set(b)) == bsz for b in batches)
@@ -133,7 +137,10 @@ def test_drop_and_pad_rules_when_not_divisible(world, replicas):
 # ------------------------------------------------------------------------------------------------ determinism
 def test_deterministic_per_seed_and_epoch_and_lightning_sets_the_epoch(world):
     nb = neighbours_from_prior(world["store"], world["train"], 8)
-    make = lambda seed=0: HardGroupBatchSampler(nb, 32, group_size=4, hard_fraction=0.5, num_replicas=1, rank=0, seed=seed)  # noqa: E731
+
+    def make(seed=0):
+        return HardGroupBatchSampler(nb, 32, group_size=4, hard_fraction=0.5, num_replicas=1, rank=0, seed=seed)
+
     a, b = make(), make()
     assert list(a) == list(b)
     b.set_epoch(1)
@@ -157,15 +164,17 @@ def test_share_of_hard_pairs_rises_as_configured(world):
     for group_size, fraction in [(4, 0.0), (4, 0.25), (4, 0.5), (4, 0.75), (4, 1.0), (2, 0.5), (8, 0.5)]:
         shares, stats = [], []
         for epoch in range(EPOCHS):
-            s = HardGroupBatchSampler(nb, 32, group_size=group_size, hard_fraction=fraction, num_replicas=1, rank=0, seed=0)
+            s = HardGroupBatchSampler(nb, 32, group_size=group_size, hard_fraction=fraction, num_replicas=1, rank=0,
+                                      seed=0)
             shares.append(pair_shares(s.global_plan(epoch), labels, nb))
             stats.append(s.last_plan_stats)
-        rows.append((group_size, fraction, np.mean([x["same_category"] for x in shares]), np.mean([x["topk"] for x in shares]),
+        rows.append((group_size, fraction, np.mean([x["same_category"] for x in shares]),
+                     np.mean([x["topk"] for x in shares]),
                      np.mean([x["grouped_share"] for x in stats]), np.mean([x["mean_group_size"] for x in stats])))
     random_same = (labels.size / N_CAT - 1) / (labels.size - 1)
     random_topk = 16 / (labels.size - 1)
-    print(f"\n[share] n={labels.size}, {N_CAT} categories, B=32, topk=16, {EPOCHS} epochs x 24 batches; random expectation: "
-          f"same-category {random_same:.4f}, top-k {random_topk:.4f}")
+    print(f"\n[share] n={labels.size}, {N_CAT} categories, B=32, topk=16, {EPOCHS} epochs x 24 batches; random "
+          f"expectation: same-category {random_same:.4f}, top-k {random_topk:.4f}")
     print("[share] group_size hard_fraction  same_category  topk    slots_in_groups  mean_group_size")
     for g, f, same, topk, grouped, size in rows:
         print(f"[share] {g:10d} {f:13.2f}  {same:13.4f}  {topk:.4f}  {grouped:15.3f}  {size:15.2f}")
@@ -175,7 +184,8 @@ def test_share_of_hard_pairs_rises_as_configured(world):
     assert all(x < y for x, y in zip(same, same[1:])), f"same-category share does not rise: {same}"
     assert all(x < y for x, y in zip(topk, topk[1:])), f"top-k share does not rise: {topk}"
     assert abs(same[0] - random_same) < 0.02 and abs(topk[0] - random_topk) < 0.01  # f=0: plain random batches
-    # G=4, B=32, f=1: 8 groups x 12 ordered pairs = 96 of 992 pairs are within-group, i.e. +~0.1 (minus late partial groups)
+    # G=4, B=32, f=1: 8 groups x 12 ordered pairs = 96 of 992 pairs are within-group, i.e. +~0.1 (minus late partial
+    # groups)
     assert same[-1] - same[0] > 0.05 and topk[-1] > 4 * topk[0]
     # bigger groups at the same fraction put more mutual neighbours together
     g2, g4, g8 = rows[5], rows[2], rows[6]
@@ -290,7 +300,8 @@ def test_lightning_fit_reshuffles_per_epoch(world):
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         use_distributed_sampler=False)
     trainer.fit(module, datamodule=dm)
-    ref = HardGroupBatchSampler(dm.neighbours, 32, group_size=4, hard_fraction=0.5, num_replicas=1, rank=0, seed=dm.seed)
+    ref = HardGroupBatchSampler(dm.neighbours, 32, group_size=4, hard_fraction=0.5, num_replicas=1, rank=0,
+                                seed=dm.seed)
     for epoch in (0, 1):
         expected = [world["train"][b].tolist() for b in ref.global_plan(epoch)]
         assert module.seen[epoch] == expected

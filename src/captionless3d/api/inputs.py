@@ -15,8 +15,9 @@ is wrong with it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 #: ``.npz`` keys tried, in order, for the point array (else the archive's only array).
 NPZ_KEYS = ("points", "xyz", "pos", "pc", "point_cloud", "data")
 
-PathLike = Union[str, os.PathLike]
-PointsInput = Union[np.ndarray, torch.Tensor, PathLike, Sequence[Any]]
+PathLike = str | os.PathLike
+PointsInput = np.ndarray | torch.Tensor | PathLike | Sequence[Any]
 
 
 # --------------------------------------------------------------------------------------------------- shape files

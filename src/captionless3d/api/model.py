@@ -8,11 +8,11 @@
 >>> model.search(text="a red office chair", k=5, index="my_index")  # [Hit(path, score), ...]
 
 The point encoder comes from the checkpoint (loaded with ``weights_only=True`` and its format version checked by
-:func:`captionless3d.training.checkpoint_io.load_checkpoint`); the teacher, needed only for images and texts, is rebuilt lazily from the
-checkpoint's own training config through :func:`captionless3d.pipeline.build_teacher` (a synthetic teacher that is
-already cached is found by its weights hash without rebuilding the world) and must have the checkpoint's teacher id.
-Points are preprocessed as in evaluation: ``n_points`` = the training config's ``data.loader.n_points``, a seeded
-random subset, centred and scaled into the unit sphere (:mod:`captionless3d.api.inputs`).
+:func:`captionless3d.training.checkpoint_io.load_checkpoint`); the teacher, needed only for images and texts, is rebuilt
+lazily from the checkpoint's own training config through :func:`captionless3d.pipeline.build_teacher` (a synthetic
+teacher that is already cached is found by its weights hash without rebuilding the world) and must have the checkpoint's
+teacher id. Points are preprocessed as in evaluation: ``n_points`` = the training config's ``data.loader.n_points``, a
+seeded random subset, centred and scaled into the unit sphere (:mod:`captionless3d.api.inputs`).
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,8 @@ def _cached_synthetic_teacher(teacher_cfg: Any, expected_id: str | None) -> Any 
             manifest = json.loads(manifest_path.read_text("utf-8"))
         except (OSError, ValueError):
             continue
-        if manifest.get("kind") == MANIFEST_KIND and str(manifest.get("files", {}).get(CHECKPOINT_NAME, "")).startswith(digest):
+        if (manifest.get("kind") == MANIFEST_KIND
+                and str(manifest.get("files", {}).get(CHECKPOINT_NAME, "")).startswith(digest)):
             try:
                 return load_synthetic_teacher(manifest_path.parent)  # verifies the checksums
             except CacheError as exc:
@@ -159,8 +161,8 @@ class Captionless3DModel:
         self.last_index: ShapeIndex | None = None
 
     def __repr__(self) -> str:
-        return (f"Captionless3DModel(experiment={self.experiment!r}, teacher={self.teacher_id!r}, dim={self.teacher_dim}, "
-                f"n_points={self.n_points}, source={self.source!r})")
+        return (f"Captionless3DModel(experiment={self.experiment!r}, teacher={self.teacher_id!r}, "
+                f"dim={self.teacher_dim}, n_points={self.n_points}, source={self.source!r})")
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -252,7 +254,8 @@ class Captionless3DModel:
         return self.teacher.encode_texts(texts, batch_size=batch_size, progress=False).float().numpy()
 
     # -- zero-shot classification -----------------------------------------------------------------------------------
-    def class_embeddings(self, labels: Sequence[str], *, template: str | Sequence[str] = DEFAULT_PROMPT_TEMPLATE) -> np.ndarray:
+    def class_embeddings(self, labels: Sequence[str], *,
+                         template: str | Sequence[str] = DEFAULT_PROMPT_TEMPLATE) -> np.ndarray:
         """Zero-shot class embeddings ``(C, D)`` float32, L2-normalised: the teacher's text embeddings of
         ``template.format(label)`` (several templates averaged, as
         :func:`captionless3d.teacher.classifier.zero_shot_classifier`)."""
@@ -270,7 +273,8 @@ class Captionless3DModel:
                 raise ConfigError(f"classify: template {t!r} has no '{{}}' placeholder for the label")
         return zero_shot_classifier(self.teacher, labels, templates).float().numpy()
 
-    def classify(self, points: PointsInput, labels: Sequence[str], *, template: str | Sequence[str] = DEFAULT_PROMPT_TEMPLATE,
+    def classify(self, points: PointsInput, labels: Sequence[str], *,
+                 template: str | Sequence[str] = DEFAULT_PROMPT_TEMPLATE,
                  top: int | None = None) -> list[list[tuple[str, float]]]:
         """Zero-shot classification: per input cloud, ``(label, cosine similarity)`` sorted best first (``top``:
         keep only the first ``top``). Classes are :meth:`class_embeddings` of ``labels`` with ``template``."""
@@ -354,7 +358,8 @@ class Captionless3DModel:
         finally:
             bar.close()
         if not kept:
-            raise DataError(f"{root}: none of the {len(files)} shape files could be read (first: {skipped[0]['error']})")
+            raise DataError(f"{root}: none of the {len(files)} shape files could be read (first: "
+                            f"{skipped[0]['error']})")
         extra = {
             "checkpoint": str(self.checkpoint.resolve()) if self.checkpoint else None,
             "experiment": self.experiment,
@@ -410,7 +415,8 @@ class Captionless3DModel:
         """Query kind from the value: image/shape files by suffix, other strings are text, uint8 arrays and PIL
         images are images, float arrays are points."""
         first = value[0] if isinstance(value, (list, tuple)) and value else value
-        if isinstance(first, os.PathLike) or (isinstance(first, str) and Path(first).suffix.lower() in POINT_SUFFIXES + IMAGE_SUFFIXES):
+        if isinstance(first, os.PathLike) or (isinstance(first, str)
+                                              and Path(first).suffix.lower() in POINT_SUFFIXES + IMAGE_SUFFIXES):
             return kind_of_path(first), value
         if isinstance(first, str):
             return "text", value
@@ -418,7 +424,8 @@ class Captionless3DModel:
             return ("image" if first.dtype in (np.uint8, torch.uint8) else "points"), value
         if type(first).__module__.startswith("PIL."):
             return "image", value
-        raise DataError(f"search: cannot tell what kind of query a {type(first).__name__} is; use image=, text= or points=")
+        raise DataError(f"search: cannot tell what kind of query a {type(first).__name__} is; use image=, text= or "
+                        "points=")
 
     def search(
         self,
@@ -440,7 +447,8 @@ class Captionless3DModel:
         given = [(name, v) for name, v in (("query", query), ("image", image), ("text", text), ("points", points))
                  if v is not None]
         if len(given) != 1:
-            raise ConfigError(f"search: give exactly one of query, image, text, points (got {[n for n, _ in given] or 'none'})")
+            raise ConfigError("search: give exactly one of query, image, text, points (got "
+                              f"{[n for n, _ in given] or 'none'})")
         kind, value = given[0]
         if kind == "query":
             kind, value = self._detect(value)

@@ -6,6 +6,7 @@
   PointBERT, OpenPoints PointNeXt), with the embedding-width check against the teacher in use.
 - :mod:`captionless3d.baselines.clip2point`: CLIP2Point's depth encoder on PointCLIP's depth projection.
 """
+from captionless3d.baselines.clip2point import create_clip2point
 from captionless3d.baselines.pointclip import (
     DEFAULT_VIEW_ANGLES,
     PointCLIPEncoder,
@@ -13,7 +14,6 @@ from captionless3d.baselines.pointclip import (
     view_bases,
     with_prompt_template,
 )
-from captionless3d.baselines.clip2point import create_clip2point
 from captionless3d.baselines.pretrained import RELEASES, create_pretrained_encoder
 
 __all__ = [

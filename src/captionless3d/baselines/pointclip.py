@@ -50,7 +50,8 @@ feature store's template. :func:`with_prompt_template` gives a feature-store vie
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,8 @@ from captionless3d.data.pointcloud import check_points
 from captionless3d.errors import ConfigError
 
 #: PointCLIP's axis-aligned views as (azimuth, elevation) degrees: front, right, back, left, top, bottom.
-DEFAULT_VIEW_ANGLES: tuple[tuple[float, float], ...] = ((0.0, 0.0), (90.0, 0.0), (180.0, 0.0), (270.0, 0.0), (0.0, 90.0), (0.0, -90.0))
+DEFAULT_VIEW_ANGLES: tuple[tuple[float, float], ...] = ((0.0, 0.0), (90.0, 0.0), (180.0, 0.0), (270.0, 0.0),
+                                                        (0.0, 90.0), (0.0, -90.0))
 VIEW_NAMES: tuple[str, ...] = ("front", "right", "back", "left", "top", "bottom")
 #: Views 7-10 (``n_views > 6``): PointCLIP-V2's diagonal side views, raised by 20 degrees to show more surface.
 EXTRA_VIEW_ANGLES: tuple[tuple[float, float], ...] = ((45.0, 20.0), (135.0, 20.0), (225.0, 20.0), (315.0, 20.0))
@@ -302,7 +304,8 @@ class _PromptOverride:
         return getattr(self._base, name)
 
 
-def with_prompt_template(features: Any, teacher: Any, categories: Sequence[str], template: str = POINTCLIP_TEMPLATE) -> Any:
+def with_prompt_template(features: Any, teacher: Any, categories: Sequence[str],
+                         template: str = POINTCLIP_TEMPLATE) -> Any:
     """``features`` with ``prompt_emb`` ``(C, D)`` float32 re-encoded from ``template`` (e.g. PointCLIP's own
     ``"point cloud depth map of a {}."``; underscores in class names become spaces, as PointCLIP does)."""
     if "{}" not in template:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from captionless3d.errors import CheckpointError, ConfigError
 from captionless3d.models import build_point_encoder

@@ -24,7 +24,8 @@ def check_points(points: torch.Tensor, name: str = "points") -> torch.Tensor:
 
 
 def normalise_unit_sphere(points: torch.Tensor) -> torch.Tensor:
-    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (docs/method.md, Data; ULIP's ``pc_norm``).
+    """Centre each cloud on its centroid and scale it so its farthest point has norm 1 (docs/method.md, Data; ULIP's
+    ``pc_norm``).
 
     A cloud with no extent (all points equal, up to float rounding of the mean) has no scale: it becomes all zeros
     at the origin rather than rounding noise blown up to norm 1.
@@ -85,8 +86,10 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def random_rotate(points: torch.Tensor, max_degrees: float = 45.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rotate each cloud by independent uniform angles in ``[-max_degrees, max_degrees]`` about x, y, z (docs/method.md, Data)."""
+def random_rotate(points: torch.Tensor, max_degrees: float = 45.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each cloud by independent uniform angles in ``[-max_degrees, max_degrees]`` about x, y, z (docs/method.md,
+    Data)."""
     if max_degrees <= 0:
         return points
     limit = math.radians(max_degrees)

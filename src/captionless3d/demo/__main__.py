@@ -1,6 +1,6 @@
 """``python -m captionless3d.demo`` (``make demo``): serve the Gradio demo page for a checkpoint.
 
-    python -m captionless3d.demo                                  # newest outputs/train/**/best.ckpt, its world's test shapes
+    python -m captionless3d.demo                          # newest outputs/train/**/best.ckpt, its world's test shapes
     python -m captionless3d.demo --ckpt C --index I --labels chair table lamp --port 8000
     python -m captionless3d.demo --ckpt hf-hub:<org>/<name> --index I --labels chair table lamp
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", nargs="+", default=["test"], help="world splits indexed by default")
     parser.add_argument("--labels", nargs="+", help="zero-shot labels (default: the checkpoint world's categories)")
     parser.add_argument("-k", type=int, default=5, help="shapes shown per query")
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"interface to bind (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = a free one)")
     parser.add_argument("--cache-dir", type=Path, help="the training cache, if it moved since training")
     parser.add_argument("--device", default="cpu")
@@ -56,7 +57,8 @@ def prepare(args: argparse.Namespace):
         index, collection = ensure_demo_index(model, splits=args.splits)
     labels = args.labels or (list(collection.categories) if collection is not None else None)
     if not labels:
-        raise ConfigError("--labels: give the zero-shot labels (the index does not come with a world to take them from)")
+        raise ConfigError("--labels: give the zero-shot labels (the index does not come with a world to take them "
+                          "from)")
     examples_dir = index.directory.parent / "examples"
     examples = sorted(examples_dir.iterdir()) if examples_dir.is_dir() else []
     return DemoService(model, index, labels, k=args.k, title=f"captionless3d demo: {model.experiment or ckpt}",

@@ -137,7 +137,8 @@ def build_demo(service: DemoService) -> Any:
             if not shown or event.index is None or not 0 <= int(event.index) < len(shown):
                 return gr.skip()
             position, path = shown[int(event.index)]
-            return gr.update(value=str(service.shape_glb(position)), label=f"Shape {int(event.index) + 1} in 3D: {path}")
+            return gr.update(value=str(service.shape_glb(position)),
+                             label=f"Shape {int(event.index) + 1} in 3D: {path}")
 
         # Gradio passes the event data by the parameter's annotation; it cannot read a postponed (string) annotation
         on_select.__annotations__["event"] = gr.SelectData

@@ -1,19 +1,21 @@
 """What ``make demo`` serves out of the box: the newest trained checkpoint and an index of its world's test shapes.
 
 :func:`find_demo_checkpoint` picks the newest ``<outputs>/train/**/checkpoints/best*.ckpt`` (as ``ckpt=latest`` of
-:mod:`captionless3d.eval`, through :func:`captionless3d.training.checkpoint_io.best_checkpoints`). :func:`ensure_demo_index` rebuilds the checkpoint's data collection from its own training
-config (the synthetic world is reused from the run's cache), writes the chosen splits' clouds as
-``<category>/<object>.npy`` files under ``<paths.cache_dir>/demo/<checkpoint sha256[:16]>-<splits>/shapes`` (the files
-the shape index reads), indexes them with thumbnails next to them, and writes a few example inputs (a photo PNG and a
-``.ply`` cloud per category) under ``examples/``. A second call with the same checkpoint reuses the index.
+:mod:`captionless3d.eval`, through :func:`captionless3d.training.checkpoint_io.best_checkpoints`).
+:func:`ensure_demo_index` rebuilds the checkpoint's data collection from its own training config (the synthetic world is
+reused from the run's cache), writes the chosen splits' clouds as ``<category>/<object>.npy`` files under
+``<paths.cache_dir>/demo/<checkpoint sha256[:16]>-<splits>/shapes`` (the files the shape index reads), indexes them with
+thumbnails next to them, and writes a few example inputs (a photo PNG and a ``.ply`` cloud per category) under
+``examples/``. A second call with the same checkpoint reuses the index.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +114,8 @@ def export_examples(collection: Any, out_dir: str | os.PathLike, splits: Sequenc
 
 
 def ensure_demo_index(model: Any, out: str | os.PathLike | None = None, *, splits: Sequence[str] = ("test",),
-                      collection: Any | None = None, thumbnail_size: int = 96, progress: bool = True) -> tuple[Any, Any]:
+                      collection: Any | None = None, thumbnail_size: int = 96,
+                      progress: bool = True) -> tuple[Any, Any]:
     """The shape index of the checkpoint's world (``splits``), built once per checkpoint under the run's cache.
 
     Args:
@@ -126,7 +129,8 @@ def ensure_demo_index(model: Any, out: str | os.PathLike | None = None, *, split
     """
     from captionless3d.shape_index import ShapeIndex
 
-    root = Path(out) if out is not None else _cache_dir(model) / "demo" / f"{model.checkpoint_sha256[:16]}-{'+'.join(splits)}"
+    root = (Path(out) if out is not None
+            else _cache_dir(model) / "demo" / f"{model.checkpoint_sha256[:16]}-{'+'.join(splits)}")
     collection = collection if collection is not None else load_world_of(model)
     shapes = root / "shapes"
     rels = export_world_shapes(collection, shapes, splits)

@@ -8,6 +8,7 @@
 * :mod:`.artefacts` -- TensorBoard embedding projector, retrieval example grids (PNG), point-cloud thumbnails.
 * :mod:`.report` -- metric key convention and :class:`ResultsTable` (Markdown / CSV / JSON in the paper's layout).
 """
+from captionless3d.evaluation.classification import classification_metrics
 from captionless3d.evaluation.report import (
     ResultRow,
     ResultsTable,
@@ -18,7 +19,6 @@ from captionless3d.evaluation.report import (
     zeroshot_keys,
 )
 from captionless3d.evaluation.retrieval import full_gallery_retrieval, paper_batch_retrieval, paper_permutation
-from captionless3d.evaluation.classification import classification_metrics
 from captionless3d.evaluation.zeroshot import class_embeddings, save_confusion_png, zero_shot_metrics
 
 __all__ = [

@@ -1,7 +1,9 @@
-"""Input validation shared by the evaluation functions: every bad input becomes a :class:`DataError` naming the array."""
+"""Input validation shared by the evaluation functions: every bad input becomes a :class:`DataError` naming the
+array."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,7 +249,8 @@ def write_retrieval_examples(
     retrieved = gallery_objects[order.numpy()]  # (n, k) global object indices
     clouds = torch.from_numpy(_read_sorted(collection.points, retrieved.reshape(-1)).astype(np.float32, copy=False))
     clouds = random_subset(clouds, min(int(thumbnail_points), clouds.shape[1]), generator)
-    thumbs = render_point_thumbnails(clouds, int(thumbnail_size)).reshape(*retrieved.shape, thumbnail_size, thumbnail_size, 3)
+    thumbs = render_point_thumbnails(clouds, int(thumbnail_size)).reshape(*retrieved.shape, thumbnail_size,
+                                                                          thumbnail_size, 3)
     image, _ = retrieval_grid(query_photos, thumbs, hits)
     directory = Path(directory)
     path = write_png(image, directory / f"retrieval_examples_{domain}.png")

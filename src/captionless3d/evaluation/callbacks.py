@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -35,7 +36,7 @@ class TestSetEvaluation(L.Callback):
         self.oracle: dict[str, dict[str, Any]] | None = None  # teacher-oracle metrics per benchmark with renders
         self.checkpoint_path: str | None = None
 
-    def attach_benchmarks(self, benchmarks: Mapping[str, Any]) -> "TestSetEvaluation":
+    def attach_benchmarks(self, benchmarks: Mapping[str, Any]) -> TestSetEvaluation:
         self.benchmarks = dict(benchmarks)
         return self
 
@@ -81,7 +82,8 @@ def _selection_notes(selection: Mapping[str, Any]) -> str:
     probe = selection.get("linear_probe")
     if probe:
         l2 = probe["l2"]
-        parts.append(f"linear probe: L2 weight {float(l2):g} chosen on val (val top-1 {probe['val_top1'][str(l2)]:.1f} %)")
+        parts.append(f"linear probe: L2 weight {float(l2):g} chosen on val (val top-1 {probe['val_top1'][str(l2)]:.1f} "
+                     "%)")
     tuned = selection.get("finetune")
     if tuned:
         epoch = int(tuned["epoch"])
@@ -113,9 +115,9 @@ def run_benchmarks(
     ``results.md``; log ``test/<benchmark>/<metric>`` scalars.
 
     TensorBoard artefacts (projector, retrieval examples, confusion matrix) go to the first TensorBoard logger in
-    ``loggers`` (the two images also to every logger with a ``log_image`` method, e.g. W&B, under the same tags); without one to a writer in ``tensorboard_dir`` (``"auto"``: ``<output_dir>/tensorboard``; ``None``:
-    no TensorBoard). A benchmark's ``runner.artefacts`` options (:data:`.artefacts.ARTEFACT_DEFAULTS`) tune or
-    disable them.
+    ``loggers`` (the two images also to every logger with a ``log_image`` method, e.g. W&B, under the same tags);
+    without one to a writer in ``tensorboard_dir`` (``"auto"``: ``<output_dir>/tensorboard``; ``None``: no TensorBoard).
+    A benchmark's ``runner.artefacts`` options (:data:`.artefacts.ARTEFACT_DEFAULTS`) tune or disable them.
 
     ``oracles`` (:func:`.oracle.evaluate_oracles`): a benchmark that has one gets a ``teacher-oracle`` reference row
     in its table, and the encoder's metrics get the ``efficiency/...`` keys (student / oracle, percent).
@@ -124,9 +126,9 @@ def run_benchmarks(
     Returns ``{benchmark: BenchmarkResult}`` (the metrics include the ``efficiency/...`` keys when an oracle was
     given).
     """
-    from captionless3d.evaluation.oracle import ORACLE_NAME, distillation_efficiency
     from captionless3d.evaluation.artefacts import check_artefact_options, tensorboard_writer, write_benchmark_artefacts
     from captionless3d.evaluation.console import compact_table
+    from captionless3d.evaluation.oracle import ORACLE_NAME, distillation_efficiency
     from captionless3d.evaluation.report import ResultsTable
     from captionless3d.evaluation.runner import KNOWN_PROTOCOLS, describe_protocol, evaluate_encoder
     from captionless3d.evaluation.zeroshot import save_confusion_png

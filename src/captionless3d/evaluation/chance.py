@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 __all__ = ["CHANCE_METHOD", "SplitSizes", "chance_levels"]
 
@@ -108,7 +108,8 @@ def chance_levels(keys: Iterable[str], sizes: SplitSizes) -> dict[str, float]:
     n_classes = int(sizes.num_classes)
     for key in keys:
         parts = key.split("/")
-        if len(parts) == 2 and n_classes and (parts[0] in ("linear_probe", "finetune") or parts[1] == "class_mean_top1"):
+        if len(parts) == 2 and n_classes and (parts[0] in ("linear_probe", "finetune")
+                                              or parts[1] == "class_mean_top1"):
             out[key] = 100.0 / n_classes  # top-1 and class-mean top-1 of a classifier that ignores its input
         elif len(parts) == 2 and n_classes and parts[0].startswith("zeroshot") and re.fullmatch(r"top\d+", parts[1]):
             out[key] = 100.0 * min(int(parts[1][3:]), n_classes) / n_classes

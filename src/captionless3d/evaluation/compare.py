@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import yaml
 
@@ -169,7 +169,8 @@ def samecat_table(
     protocol_note: str = "", chance: Mapping[str, float] | None = None,
 ) -> ResultsTable:
     """The same-category gallery breakdown (``.../gallery_samecat/...`` metrics only), mean ± std over runs."""
-    only = {name: [{k: v for k, v in m.items() if "/gallery_samecat/" in k} for m in runs] for name, runs in groups.items()}
+    only = {name: [{k: v for k, v in m.items() if "/gallery_samecat/" in k} for m in runs]
+            for name, runs in groups.items()}
     if not any(m for runs in only.values() for m in runs):
         raise DataError(f"no same-category retrieval metrics ('.../gallery_samecat/...') in the '{benchmark}' runs")
     note = ("Same-category: the full-gallery protocol where each query ranks only the gallery items of its own "

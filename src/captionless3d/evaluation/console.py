@@ -7,8 +7,8 @@ S→I, without and with background), zero-shot top-1 / top-5 and the full-galler
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from captionless3d.evaluation.report import ResultsTable, format_chance
 

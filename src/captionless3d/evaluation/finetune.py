@@ -104,7 +104,8 @@ def _load_points(points: Any, index: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _batch(points: Any, index: np.ndarray, n_points: int, generator: torch.Generator, rotation_degrees: float) -> torch.Tensor:
+def _batch(points: Any, index: np.ndarray, n_points: int, generator: torch.Generator,
+           rotation_degrees: float) -> torch.Tensor:
     clouds = normalise_unit_sphere(random_subset(_load_points(points, index), n_points, generator))
     if rotation_degrees > 0:
         clouds = random_rotate(clouds, rotation_degrees, generator)

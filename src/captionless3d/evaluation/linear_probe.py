@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,9 @@ _SINGLE_THREAD_WORK = 1 << 22  # N * (D + 1) * C below which L-BFGS runs single-
 
 @dataclass
 class LinearProbe:
-    """A fitted probe: ``logits = ((x - mean) / std) @ weight + bias``. ``mean``/``std`` ``(D,)``, ``weight`` ``(D, C)``,
-    ``bias`` ``(C,)``, all float64; ``l2`` the penalty it was fit with; ``iterations`` the L-BFGS iterations run."""
+    """A fitted probe: ``logits = ((x - mean) / std) @ weight + bias``. ``mean``/``std`` ``(D,)``, ``weight`` ``(D,
+    C)``, ``bias`` ``(C,)``, all float64; ``l2`` the penalty it was fit with; ``iterations`` the L-BFGS iterations
+    run."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -117,7 +119,8 @@ def fit_logistic_regression(
     params = torch.zeros(d + 1, num_classes, dtype=torch.float64)
     if init is not None:
         if init.weight.shape != (d, num_classes):
-            raise DataError(f"linear probe: warm start has shape {tuple(init.weight.shape)}, expected {(d, num_classes)}")
+            raise DataError(f"linear probe: warm start has shape {tuple(init.weight.shape)}, expected "
+                            f"{(d, num_classes)}")
         params[:-1], params[-1] = init.weight, init.bias
     params.requires_grad_(True)
     design = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], dim=1)

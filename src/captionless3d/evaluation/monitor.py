@@ -20,15 +20,16 @@ ranks.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
 from captionless3d.errors import ConfigError
-from captionless3d.evaluation.oracle import evaluate_teacher_oracle
 from captionless3d.evaluation.embedding import embed_points
+from captionless3d.evaluation.oracle import evaluate_teacher_oracle
 from captionless3d.evaluation.runner import embedding_metrics
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class ValidationMetrics(L.Callback):
         #: summary.json, so the curves outlive TensorBoard)
         self.history: list[dict[str, float]] = []
 
-    def attach_benchmarks(self, benchmarks: Mapping[str, Any]) -> "ValidationMetrics":
+    def attach_benchmarks(self, benchmarks: Mapping[str, Any]) -> ValidationMetrics:
         self.benchmarks = dict(benchmarks)
         if self.benchmark_name is not None and self.benchmark_name not in self.benchmarks:
             raise ConfigError(f"callbacks.validation_metrics.benchmark: {self.benchmark_name!r} is not among the "
@@ -127,7 +128,8 @@ class ValidationMetrics(L.Callback):
                        batch_size=int(self.batch_size or runner.get("batch_size", 64)), seed=self.seed,
                        device=pl_module.device)
         values = {f"val/{name}/{k}": v for k, v in split_scalars(
-            pl_module.encoder, bench.collection, bench.features, bench.collection.indices(self.split), **options).items()}
+            pl_module.encoder, bench.collection, bench.features, bench.collection.indices(self.split),
+            **options).items()}
         fit = self.train_fit_index(bench.collection)
         if len(fit):
             values.update({f"train_fit/{name}/{k}": v for k, v in split_scalars(

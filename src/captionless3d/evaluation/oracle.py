@@ -12,7 +12,8 @@ from its geometry. See docs/student_gap.md.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

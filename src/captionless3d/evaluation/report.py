@@ -16,7 +16,8 @@ Metric key convention (flat ``dict[str, float]``, values in percent; every produ
 
 ``nobg`` = "w/o background" (photo x mask on black), ``bg`` = "w/ background" (original photo); ``i2s`` = image->shape,
 ``s2i`` = shape->image. A zero-shot prompt set other than the single template uses its own prefix, e.g.
-``zeroshot_openai_imagenet/top1`` (``runner.templates``; :func:`zeroshot_keys` ``prefix=``). :func:`zeroshot_keys`, :func:`paper_keys`,
+``zeroshot_openai_imagenet/top1`` (``runner.templates``; :func:`zeroshot_keys` ``prefix=``). :func:`zeroshot_keys`,
+:func:`paper_keys`,
 :func:`gallery_keys` and :func:`classification_keys` (linear probe / fine-tune) turn the dicts returned by the
 evaluation functions into these keys.
 
@@ -30,9 +31,10 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -121,7 +123,8 @@ def zeroshot_keys(result: Mapping[str, Any], *, prefix: str = "zeroshot") -> dic
     return {f"{prefix}/{k}": v for k, v in _floats(result, ("top1", "top5", "class_mean_top1")).items()}
 
 
-def classification_keys(result: Mapping[str, Any], prefix: Literal["linear_probe", "finetune"] | str) -> dict[str, float]:
+def classification_keys(result: Mapping[str, Any],
+                        prefix: Literal["linear_probe", "finetune"] | str) -> dict[str, float]:
     """``linear_probe`` / ``finetune_encoder`` output -> ``{prefix}/top1``, ``{prefix}/class_mean_top1``."""
     if not prefix or "/" in prefix:
         raise DataError(f"classification_keys: prefix must be a non-empty name without '/', got {prefix!r}")
@@ -145,7 +148,8 @@ def gallery_keys(result: Mapping[str, Any], background: Background) -> dict[str,
     out = {f"retrieval/{background}/gallery/{k}": v for k, v in _floats(result, metric_names(result)).items()}
     same = result.get("samecat")
     if isinstance(same, Mapping):
-        out.update({f"retrieval/{background}/gallery_samecat/{k}": v for k, v in _floats(same, metric_names(same)).items()})
+        out.update({f"retrieval/{background}/gallery_samecat/{k}": v
+                    for k, v in _floats(same, metric_names(same)).items()})
     return out
 
 
@@ -275,7 +279,8 @@ class ResultsTable:
             cells = [r.name, _fmt(r.params_m, 1)]
             for key, _, _ in cols:
                 c = self._cell(r, key)
-                if not r.reference and key in best and key in r.metrics and round(r.metrics[key], self.digits) == round(best[key], self.digits):
+                if (not r.reference and key in best and key in r.metrics
+                        and round(r.metrics[key], self.digits) == round(best[key], self.digits)):
                     c = f"**{c}**"
                 cells.append(c)
             lines.append("| " + " | ".join(cells) + " |")
@@ -339,7 +344,7 @@ class ResultsTable:
         return paths
 
     @classmethod
-    def from_json(cls, text: str) -> "ResultsTable":
+    def from_json(cls, text: str) -> ResultsTable:
         obj = json.loads(text)
         table = cls(
             protocol=obj["protocol"],
@@ -393,7 +398,8 @@ def mean_std_table(
         for j, m in enumerate(lst[1:], start=1):
             if set(m) != keys:
                 diff = sorted(keys.symmetric_difference(m))
-                raise DataError(f"mean_std_table: runs of {name!r} have different metric keys (run 0 vs run {j}: {diff})")
+                raise DataError(f"mean_std_table: runs of {name!r} have different metric keys (run 0 vs run {j}: "
+                                f"{diff})")
         mean: dict[str, float] = {}
         std: dict[str, float] = {}
         for k in sorted(keys):

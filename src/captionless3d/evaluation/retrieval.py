@@ -44,7 +44,8 @@ dimension mismatch, empty category names, an image whose shape is not in the gal
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -289,7 +290,7 @@ def full_gallery_retrieval(
         raise DataError("shape_categories given without categories (one per image); pass both or neither")
     if img_cats is not None:
         cat_of_id: dict[Any, str] = {}
-        for i, (sid, c) in enumerate(zip(img_ids, img_cats)):
+        for sid, c in zip(img_ids, img_cats):
             prev = cat_of_id.setdefault(sid, c)
             if prev != c:
                 raise DataError(f"categories: images of shape {sid!r} have different categories ({prev!r}, {c!r})")

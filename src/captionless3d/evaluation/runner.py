@@ -20,7 +20,8 @@ TensorBoard / PNG artefacts of :mod:`.artefacts` draw.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +31,8 @@ from captionless3d.errors import ConfigError, DataError
 from captionless3d.evaluation.chance import SplitSizes, chance_levels
 from captionless3d.evaluation.embedding import embed_points
 from captionless3d.evaluation.report import classification_keys, gallery_keys, paper_keys, zeroshot_keys
-from captionless3d.evaluation.retrieval import full_gallery_retrieval, paper_batch_retrieval
 from captionless3d.evaluation.result import BenchmarkResult
+from captionless3d.evaluation.retrieval import full_gallery_retrieval, paper_batch_retrieval
 from captionless3d.evaluation.zeroshot import zero_shot_metrics
 from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
 
@@ -112,7 +113,8 @@ def _text_classifiers(
             classifiers[name] = prompt_emb
             continue
         if teacher is None:
-            raise ConfigError(f"runner.templates: template set {name!r} needs the teacher to embed its prompts, and none was given")
+            raise ConfigError(f"runner.templates: template set {name!r} needs the teacher to embed its prompts, and "
+                              "none was given")
         from captionless3d.teacher.classifier import zero_shot_classifier
 
         classifiers[name] = zero_shot_classifier(teacher, list(categories), name)
@@ -190,7 +192,8 @@ def embedding_metrics(
             )
             metrics.update(paper_keys(paper, domain))
             gallery = full_gallery_retrieval(
-                image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories, shape_categories=gallery_categories
+                image_emb, pair_ids, gallery_emb, gallery_ids, categories=pair_categories,
+                shape_categories=gallery_categories
             )
             metrics.update(gallery_keys(gallery, domain))
             result.per_category[f"retrieval/{domain}/paper"] = paper.get("per_category", {})
@@ -244,8 +247,10 @@ def evaluate_encoder(
     """
     unknown = sorted(set(protocols) - set(KNOWN_PROTOCOLS))
     if unknown:
-        raise ConfigError(f"runner.protocols: unknown evaluation protocols {unknown}; known: {', '.join(KNOWN_PROTOCOLS)}")
-    probe_opts = _check_options(linear_probe, ("train_split", "val_split", "l2_grid", "max_iter"), "runner.linear_probe")
+        raise ConfigError(f"runner.protocols: unknown evaluation protocols {unknown}; known: "
+                          f"{', '.join(KNOWN_PROTOCOLS)}")
+    probe_opts = _check_options(linear_probe, ("train_split", "val_split", "l2_grid", "max_iter"),
+                                "runner.linear_probe")
     finetune_opts = _check_options(
         finetune,
         ("train_split", "val_split", "epochs", "batch_size", "lr", "min_lr", "weight_decay", "label_smoothing",
@@ -288,7 +293,8 @@ def evaluate_encoder(
 
         finetune_opts.setdefault("n_points", n_points)
         finetune_opts.setdefault("seed", seed)
-        classifiers["finetune"] = finetune_encoder(encoder, collection, test_split=split, device=device, **finetune_opts)
+        classifiers["finetune"] = finetune_encoder(encoder, collection, test_split=split, device=device,
+                                                   **finetune_opts)
     for name, outcome in classifiers.items():
         keys = classification_keys(outcome, name)
         result.metrics.update(keys)

@@ -51,5 +51,6 @@ def build_backend(llm_cfg):  # noqa: ANN001, ANN201 - a mapping/DictConfig from 
 
             return HFLocalChat(**cfg)
     except TypeError as exc:  # an unknown option in the llm config (never echoes values: the key may be one)
-        raise ConfigError(f"llm: unsupported option for backend {backend!r}: {str(exc).split(')')[-1].strip()}") from None
+        raise ConfigError(f"llm: unsupported option for backend {backend!r}: "
+                          f"{str(exc).split(')')[-1].strip()}") from None
     raise ConfigError(f"llm.backend: unknown backend {backend!r}, expected 'openai' or 'hf_local'")

@@ -2,7 +2,8 @@
 
 Generate (``configs/landmarks.yaml`` + ``configs/llm/{openai,hf_local}.yaml``)::
 
-    CAPTIONLESS3D_LLM_API_KEY=... python -m captionless3d.landmarks categories=[chair,table] llm=openai out=landmarks.json
+    export CAPTIONLESS3D_LLM_API_KEY=...
+    python -m captionless3d.landmarks categories=[chair,table] llm=openai out=landmarks.json
     python -m captionless3d.landmarks categories=[chair] llm=openai llm.base_url=http://localhost:8000/v1 llm.model=qwen
 
 Import / convert (no LLM)::
@@ -60,7 +61,8 @@ def run_landmarks(cfg: DictConfig) -> dict[str, Any]:
     else:
         cats = [taxonomy.get(str(c), str(c)) for c in (cfg.get("categories") or [])]
         if not cats:
-            raise ConfigError("categories: give the categories to generate, e.g. categories=[chair,table] (or import_from=<file>)")
+            raise ConfigError("categories: give the categories to generate, e.g. categories=[chair,table] (or "
+                              "import_from=<file>)")
         llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
         backend = build_backend(llm_cfg)
         log.info("generating %d landmarks for %d categories with %s", int(cfg.count), len(cats), backend.id)

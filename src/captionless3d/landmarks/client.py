@@ -24,11 +24,11 @@ import json
 import logging
 import os
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from captionless3d.errors import Captionless3DError, ConfigError
 
@@ -143,7 +143,8 @@ class OpenAIChatClient:
 
     def __repr__(self) -> str:
         key = "***" if self.__key else None
-        return f"OpenAIChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key!r}, timeout_s={self.timeout_s})"
+        return (f"OpenAIChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key={key!r}, "
+                f"timeout_s={self.timeout_s})")
 
     def _scrub(self, text: str) -> str:
         if self.__key and self.__key in text:
@@ -172,9 +173,10 @@ class OpenAIChatClient:
                 detail = ""
             message = f"HTTP {exc.code} {exc.reason}: {detail.strip()[:500]}"
             if exc.code in RETRY_STATUS:
-                raise _Retryable(message, _parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)) from None
+                raise _Retryable(message,
+                                 _parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)) from None
             raise LLMError(self._scrub(f"{self.base_url}/chat/completions refused the request: {message}")) from None
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise _Retryable(f"timed out after {self.timeout_s:g} s ({exc})") from None
         except urllib.error.URLError as exc:
             raise _Retryable(f"connection failed: {exc.reason}") from None
@@ -211,6 +213,8 @@ class OpenAIChatClient:
                 if attempt == self.max_retries:
                     break
                 delay = self._delay(attempt, exc.retry_after)
-                log.warning("LLM request failed (%s); retry %d/%d in %.1f s", last, attempt + 1, self.max_retries, delay)
+                log.warning("LLM request failed (%s); retry %d/%d in %.1f s", last, attempt + 1, self.max_retries,
+                            delay)
                 self._sleep(delay)
-        raise LLMError(f"{self.base_url}/chat/completions: giving up after {self.max_retries + 1} attempts; last error: {last}")
+        raise LLMError(f"{self.base_url}/chat/completions: giving up after {self.max_retries + 1} attempts; last "
+                       f"error: {last}")

@@ -1,4 +1,5 @@
-"""Landmark generation: ask a chat LLM for ``count`` distinct one-sentence descriptions per category (docs/method.md, Priors).
+"""Landmark generation: ask a chat LLM for ``count`` distinct one-sentence descriptions per category (docs/method.md,
+Priors).
 
 Per category, in rounds: the prompt (a template in the config, fields ``{category}``, ``{count}``, ``{existing}``)
 asks for at most ``per_request`` new descriptions; the reply is cleaned (:func:`parse_reply`: JSON list or one per
@@ -16,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from captionless3d.errors import ConfigError, DataError
 from captionless3d.landmarks.client import ChatBackend
@@ -27,7 +29,8 @@ from captionless3d.utils.manifest import stable_hash
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GenerationSettings", "generate_landmarks", "generate_category", "parse_reply", "dedup_key", "DEFAULT_SYSTEM", "DEFAULT_USER"]
+__all__ = ["GenerationSettings", "generate_landmarks", "generate_category", "parse_reply", "dedup_key",
+           "DEFAULT_SYSTEM", "DEFAULT_USER"]
 
 CACHE_VERSION = 1
 DEFAULT_SYSTEM = "You write short, concrete, visually descriptive sentences about 3D object shapes."
@@ -63,12 +66,14 @@ class GenerationSettings:
         if int(self.max_rounds) < 1:
             raise ConfigError(f"landmarks.validation.max_rounds: must be >= 1, got {self.max_rounds}")
         if not 1 <= int(self.min_words) <= int(self.max_words):
-            raise ConfigError(f"landmarks.validation: need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+            raise ConfigError(f"landmarks.validation: need 1 <= min_words <= max_words, got {self.min_words}, "
+                              f"{self.max_words}")
         for name, template in (("prompt.user", self.user_prompt), ("prompt.system", self.system_prompt)):
             try:
                 template.format(category="x", count=1, existing="")
             except (KeyError, IndexError, ValueError) as exc:
-                raise ConfigError(f"landmarks.{name}: bad template ({type(exc).__name__}: {exc}); fields: {{category}}, {{count}}, {{existing}}") from exc
+                raise ConfigError(f"landmarks.{name}: bad template ({type(exc).__name__}: {exc}); fields: "
+                                  "{category}, {count}, {existing}") from exc
         if "{category}" not in self.user_prompt:
             raise ConfigError("landmarks.prompt.user: the template must contain {category}")
 
@@ -167,9 +172,9 @@ def generate_category(
         if rounds >= int(settings.max_rounds):
             where = f"; the {len(accepted)} accepted so far are cached in {path}" if path is not None else ""
             raise DataError(
-                f"landmarks: the LLM ({backend.id}) delivered only {len(accepted)}/{count} valid, distinct descriptions "
-                f"for {category!r} after {rounds} rounds{where}. Raise landmarks.validation.max_rounds, relax "
-                f"min_words/max_words ({settings.min_words}..{settings.max_words}) or lower landmarks.count"
+                f"landmarks: the LLM ({backend.id}) delivered only {len(accepted)}/{count} valid, distinct "
+                f"descriptions for {category!r} after {rounds} rounds{where}. Raise landmarks.validation.max_rounds, "
+                f"relax min_words/max_words ({settings.min_words}..{settings.max_words}) or lower landmarks.count"
             )
         rounds += 1
         want = min(int(settings.per_request), count - len(accepted))
@@ -196,7 +201,8 @@ def generate_category(
             new += 1
             if len(accepted) >= count:
                 break
-        log.info("landmarks %r round %d: +%d accepted, %d rejected, %d/%d", category, rounds, new, rejected, len(accepted), count)
+        log.info("landmarks %r round %d: +%d accepted, %d rejected, %d/%d", category, rounds, new, rejected,
+                 len(accepted), count)
         if path is not None:
             atomic_write_json(path, {"category": category, "key": key, "descriptions": accepted})
     return accepted[:count]

@@ -7,7 +7,8 @@ template works (e.g. ``Qwen/Qwen2.5-1.5B-Instruct``); the weights come from the 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from captionless3d.errors import ConfigError
 from captionless3d.landmarks.client import LLMError
@@ -54,14 +55,16 @@ class HFLocalChat:
         try:
             self._pipe = transformers.pipeline("text-generation", **kwargs)
         except Exception as exc:  # noqa: BLE001 - unknown model id, no weights offline, ...
-            raise ConfigError(f"llm.model: could not load {self.model!r} with transformers: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(f"llm.model: could not load {self.model!r} with transformers: {type(exc).__name__}: "
+                              f"{exc}") from exc
 
     @property
     def id(self) -> str:
         return f"hf_local:{self.model}"
 
     def __repr__(self) -> str:
-        return f"HFLocalChat(model={self.model!r}, max_new_tokens={self.max_new_tokens}, temperature={self.temperature})"
+        return (f"HFLocalChat(model={self.model!r}, max_new_tokens={self.max_new_tokens}, "
+                f"temperature={self.temperature})")
 
     def complete(self, messages: Sequence[Mapping[str, str]]) -> str:
         if self.seed is not None:

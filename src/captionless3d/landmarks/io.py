@@ -28,8 +28,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from captionless3d.errors import DataError
 from captionless3d.utils.atomic import atomic_write_bytes
@@ -84,7 +85,8 @@ def parse_text_landmarks(text: str, source: str = "<text>") -> dict[str, list[st
             continue
         cat, sep, desc = line.partition(":")
         if not sep or not cat.strip() or not desc.strip():
-            raise DataError(f"{source}:{lineno}: expected '# category' or 'category: description' before the first header, got {line[:80]!r}")
+            raise DataError(f"{source}:{lineno}: expected '# category' or 'category: description' before the first "
+                            f"header, got {line[:80]!r}")
         out.setdefault(cat.strip(), []).append(" ".join(desc.split()))
     return out
 
@@ -112,7 +114,8 @@ def parse_python_landmarks(text: str, variable: str = "descriptions", source: st
     try:
         value = ast.literal_eval(found)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise DataError(f"{source}: the value of {variable!r} is not a plain literal ({type(exc).__name__}); refusing to evaluate it") from exc
+        raise DataError(f"{source}: the value of {variable!r} is not a plain literal ({type(exc).__name__}); refusing "
+                        "to evaluate it") from exc
     return validate_landmarks(value, source)
 
 

@@ -10,8 +10,9 @@ lookup and is not part of any cache key.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from captionless3d.errors import ConfigError
 from captionless3d.mining.guard import guard_priors
@@ -45,7 +46,8 @@ def ensure_prior_stores(mining: Mapping[str, Any], *, features: Any, collection:
         raise ConfigError(f"mining.kinds has unknown entries {unknown}; known: i2i, i2l2 (AVG = [i2i, i2l2])")
     scope = mining.get("scope", "category")
     if scope not in MINING_SCOPES:
-        raise ConfigError(f"mining.scope must be 'category' (paper: dense per-category) or 'global' (sparse top-k), got {scope!r}")
+        raise ConfigError("mining.scope must be 'category' (paper: dense per-category) or 'global' (sparse top-k), "
+                          f"got {scope!r}")
     delta = check_delta(mining.get("delta", DEFAULT_DELTA))
     options = dict(mining.get("options") or {})
     members = collection.splits == "train"

@@ -17,7 +17,8 @@ kind.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,11 +54,13 @@ class FalseNegativeGuard:
         if weight is None:
             weight = getattr(prior, "delta", None)
             if weight is None:
-                raise ConfigError(f"mining.guard.weight: the wrapped prior {type(prior).__name__} has no delta; give a weight")
+                raise ConfigError(f"mining.guard.weight: the wrapped prior {type(prior).__name__} has no delta; give a "
+                                  "weight")
         try:
             threshold, weight = float(threshold), float(weight)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"mining.guard: threshold and weight must be numbers, got {threshold!r}, {weight!r}") from exc
+            raise ConfigError(f"mining.guard: threshold and weight must be numbers, got {threshold!r}, "
+                              f"{weight!r}") from exc
         if not math.isfinite(threshold):
             raise ConfigError(f"mining.guard.threshold must be finite, got {threshold!r}")
         if not (math.isfinite(weight) and weight >= 0):
@@ -73,14 +76,15 @@ class FalseNegativeGuard:
         r = _as_index(rows, l.device)
         c = _as_index(cols, l.device)
         if l.shape != (r.numel(), c.numel()):
-            raise DataError(f"FalseNegativeGuard: prior returned shape {tuple(l.shape)} for {r.numel()} x {c.numel()} pairs")
+            raise DataError(f"FalseNegativeGuard: prior returned shape {tuple(l.shape)} for {r.numel()} x {c.numel()} "
+                            "pairs")
         near = (l > self.threshold) & (r[:, None] != c[None, :])
         self.last_guarded = near.sum()
         return torch.where(near, torch.full((), self.weight, dtype=l.dtype, device=l.device), l)
 
     __call__ = pairs
 
-    def to(self, device: str | torch.device) -> "FalseNegativeGuard":
+    def to(self, device: str | torch.device) -> FalseNegativeGuard:
         """Move the wrapped prior (if it can move); returns ``self``."""
         if hasattr(self.prior, "to"):
             moved = self.prior.to(device)
@@ -116,7 +120,8 @@ def guard_priors(
             kind = getattr(prior, "kind", None)
             unknown = sorted(set(threshold) - {getattr(p, "kind", None) for p in priors})
             if unknown:
-                raise ConfigError(f"mining.guard.threshold: no prior of kind(s) {unknown} (priors: {[getattr(p, 'kind', None) for p in priors]})")
+                raise ConfigError(f"mining.guard.threshold: no prior of kind(s) {unknown} (priors: "
+                                  f"{[getattr(p, 'kind', None) for p in priors]})")
             out.append(FalseNegativeGuard(prior, threshold[kind], weight) if kind in threshold else prior)
         else:
             out.append(FalseNegativeGuard(prior, threshold, weight))

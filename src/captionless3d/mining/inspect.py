@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,10 @@ __all__ = ["load_prior", "hard_negatives", "prior_values", "histogram_png", "neg
 
 def load_prior(prior_dir: str | Path) -> Any:
     """Load a dense or sparse prior store, picking the class from the manifest's ``kind``."""
-    from captionless3d.mining.sparse import MANIFEST_KIND as SPARSE_KIND, SparsePriorStore
-    from captionless3d.mining.store import MANIFEST_KIND as DENSE_KIND, PriorStore
+    from captionless3d.mining.sparse import MANIFEST_KIND as SPARSE_KIND
+    from captionless3d.mining.sparse import SparsePriorStore
+    from captionless3d.mining.store import MANIFEST_KIND as DENSE_KIND
+    from captionless3d.mining.store import PriorStore
 
     path = Path(prior_dir) / "manifest.json"
     try:
@@ -52,7 +55,8 @@ def candidate_anchors(prior: Any) -> np.ndarray:
     if _is_sparse(prior):
         keys = prior._keys.cpu().numpy()  # noqa: SLF001 - read-only use within the mining package
         return np.unique(keys // max(prior.num_objects, 1))
-    return np.concatenate([prior.category_members(c) for c in prior.categories]) if prior.categories else np.zeros(0, np.int64)
+    return (np.concatenate([prior.category_members(c) for c in prior.categories]) if prior.categories
+            else np.zeros(0, np.int64))
 
 
 def hard_negatives(prior: Any, index: int, top: int = 8) -> list[tuple[int, float]]:
@@ -87,7 +91,8 @@ def prior_values(prior: Any, max_values: int = 2_000_000, seed: int = 0) -> np.n
     return vals.astype(np.float32)
 
 
-def histogram_png(values: np.ndarray, path: str | Path, *, bins: int = 50, title: str = "prior l_ij", size: tuple[int, int] = (640, 360)) -> dict[str, Any]:
+def histogram_png(values: np.ndarray, path: str | Path, *, bins: int = 50, title: str = "prior l_ij",
+                  size: tuple[int, int] = (640, 360)) -> dict[str, Any]:
     """Draw a histogram with PIL and save it as PNG. Returns ``{"counts", "edges"}``."""
     from PIL import Image, ImageDraw
 
@@ -112,7 +117,8 @@ def histogram_png(values: np.ndarray, path: str | Path, *, bins: int = 50, title
             draw.rectangle([x0, y0, max(x0, x1), mt + ph], fill=(70, 110, 180))
     draw.line([ml, mt + ph, ml + pw, mt + ph], fill="black")
     draw.line([ml, mt, ml, mt + ph], fill="black")
-    draw.text((ml, 8), f"{title}: n={values.size}, mean={values.mean():.3f}, median={np.median(values):.3f}", fill="black")
+    draw.text((ml, 8), f"{title}: n={values.size}, mean={values.mean():.3f}, median={np.median(values):.3f}",
+              fill="black")
     for frac in (0.0, 0.5, 1.0):
         x = ml + pw * frac
         draw.line([x, mt + ph, x, mt + ph + 4], fill="black")
@@ -163,7 +169,8 @@ def negatives_grid_png(
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m captionless3d.mining.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m captionless3d.mining.inspect", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prior-dir", required=True)
     ap.add_argument("--features-dir")
     ap.add_argument("--views", help="(N, V, H, W, 3) uint8 .npy of renders")
@@ -173,7 +180,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--anchors", type=int, nargs="*", help="explicit anchor indices instead of a random sample")
     # accept Hydra-style key=value too
-    fixed = [f"--{a.split('=', 1)[0].replace('_', '-')}={a.split('=', 1)[1]}" if "=" in a and not a.startswith("-") else a for a in argv]
+    fixed = [f"--{a.split('=', 1)[0].replace('_', '-')}={a.split('=', 1)[1]}" if "=" in a and not a.startswith("-")
+             else a for a in argv]
     return ap.parse_args(fixed)
 
 
@@ -194,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         if pool.size == 0:
             raise DataError(f"{args.prior_dir}: the prior has no entries")
-        anchors = sorted(np.random.default_rng(args.seed).choice(pool, min(args.samples, pool.size), replace=False).tolist())
+        rng = np.random.default_rng(args.seed)
+        anchors = sorted(rng.choice(pool, min(args.samples, pool.size), replace=False).tolist())
     print(repr(prior))
     rows = []
     for a in anchors:

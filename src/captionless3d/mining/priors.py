@@ -18,7 +18,7 @@ alternatives are options, documented per function.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from captionless3d.errors import ConfigError, DataError
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 #: δ, the prior ``l_ij`` of a pair without one (objects of different categories, or an object without a prior, e.g. a
 #: val/test object): the method's default (docs/method.md). Stores apply it at lookup; it is not part of their cache
@@ -121,7 +121,8 @@ def i2l_profiles(
     softmax_temperature: float | None = None,
     profile_norm: Literal["none", "l2"] = "none",
 ) -> ArrayLike:
-    """I2L profiles ``(n, D), (L, D) -> (n, L)``: ``p_ik = cos(ē_i, t_k)`` (default: raw cosines, docs/method.md choice 2).
+    """I2L profiles ``(n, D), (L, D) -> (n, L)``: ``p_ik = cos(ē_i, t_k)`` (default: raw cosines, docs/method.md choice
+    2).
 
     Options (the paper's choice is not known):
 
@@ -181,15 +182,18 @@ def i2l2_prior(profiles: ArrayLike, metric: Literal["l2", "l1", "js"] = "l2") ->
     elif metric == "l1":
         d = torch.cdist(p, p, p=1.0)
     else:
-        if p.numel() and (bool((p < 0).any()) or not torch.allclose(p.sum(-1), torch.ones(p.shape[0], device=p.device), atol=1e-4)):
-            raise DataError("profiles: metric 'js' needs probability profiles (use i2l_profiles(softmax_temperature=T))")
+        if p.numel() and (bool((p < 0).any())
+                          or not torch.allclose(p.sum(-1), torch.ones(p.shape[0], device=p.device), atol=1e-4)):
+            raise DataError("profiles: metric 'js' needs probability profiles (use "
+                            "i2l_profiles(softmax_temperature=T))")
         d = _pairwise_js(p)
     d.fill_diagonal_(0.0)
     out = 1.0 / (1.0 + d)
     return _back(out, as_np)
 
 
-def chunked_mean_view_embedding(view_emb: Any, members: np.ndarray, aggregate: str = "mean_embedding", chunk: int = 1024) -> torch.Tensor:
+def chunked_mean_view_embedding(view_emb: Any, members: np.ndarray, aggregate: str = "mean_embedding",
+                                chunk: int = 1024) -> torch.Tensor:
     """:func:`mean_view_embedding` of ``view_emb[members]`` (``(N, V, D)`` array, memmap or tensor), reading ``chunk``
     objects at a time so a memory-mapped store is never loaded whole. Returns float32 ``(len(members), D)``."""
     parts = []

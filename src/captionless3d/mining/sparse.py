@@ -1,8 +1,8 @@
 """SparsePriorStore: label-free global priors from exact top-k neighbours, O(N·k) memory.
 
-The dense :class:`~captionless3d.mining.PriorStore` keeps one ``n_c × n_c`` matrix per category (docs/method.md, Priors). A
-label-free (global) prior instead keeps, for each member object, only its ``k`` nearest objects over the *whole*
-collection (:func:`~captionless3d.mining.topk.topk_similar`), mapped to prior weights:
+The dense :class:`~captionless3d.mining.PriorStore` keeps one ``n_c × n_c`` matrix per category (docs/method.md,
+Priors). A label-free (global) prior instead keeps, for each member object, only its ``k`` nearest objects over the
+*whole* collection (:func:`~captionless3d.mining.topk.topk_similar`), mapped to prior weights:
 
 - ``"i2i"``: ``l = (cos + 1) / 2`` of the mean view embeddings (the paper's I2I mapping), clipped into [0, 1];
 - ``"i2l2"``: ``l = 1 / (1 + d)`` with ``d`` the Euclidean distance between I2L profiles (the paper's (I2L)²
@@ -10,9 +10,9 @@ collection (:func:`~captionless3d.mining.topk.topk_similar`), mapped to prior we
 - ``"custom"``: the values are already priors.
 
 :meth:`SparsePriorStore.pairs` returns ``1`` where ``rows[r] == cols[c]``, the stored prior where the pair is
-stored, and ``delta`` (δ, as the dense store; applied at lookup, not part of the cache key) for every other pair. With ``symmetric=True`` (default) the
-pair set is the union of both directions (``j ∈ topk(i)`` or ``i ∈ topk(j)``), so ``l`` stays symmetric like the
-dense priors the loss expects.
+stored, and ``delta`` (δ, as the dense store; applied at lookup, not part of the cache key) for every other pair. With
+``symmetric=True`` (default) the pair set is the union of both directions (``j ∈ topk(i)`` or ``i ∈ topk(j)``), so ``l``
+stays symmetric like the dense priors the loss expects.
 
 Storage: one sorted int64 key array ``row * N + col`` (global indices) and a float32 weight array; a lookup is one
 ``searchsorted`` over the ``R × C`` query keys (no Python loop over the batch). Save/load go through a manifest
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ from captionless3d.utils.atomic import atomic_directory, atomic_save_npy
 from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import load_cache_arrays, stable_hash, write_manifest
 
-__all__ = ["SparsePriorStore", "build_sparse_prior", "ensure_sparse_prior", "sparse_options", "SPARSE_KINDS", "prior_from_values"]
+__all__ = ["SparsePriorStore", "build_sparse_prior", "ensure_sparse_prior", "sparse_options", "SPARSE_KINDS",
+           "prior_from_values"]
 
 SPARSE_KINDS = ("i2i", "i2l2", "custom")
 MANIFEST_KIND = "sparse_prior_store"
@@ -119,7 +121,7 @@ class SparsePriorStore:
         delta: float = DEFAULT_DELTA,
         symmetric: bool = True,
         options: Mapping[str, Any] | None = None,
-    ) -> "SparsePriorStore":
+    ) -> SparsePriorStore:
         """From :func:`topk_similar` output ``values, indices (n, k)`` over the rows of some ``x``.
 
         ``members`` maps those rows (and the indices) to global object indices (default: the identity, n = N);
@@ -132,7 +134,8 @@ class SparsePriorStore:
         idx = indices.detach().cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
         idx = idx.astype(np.int64, copy=False)
         if idx.ndim != 2 or np.shape(values) != idx.shape:
-            raise DataError(f"SparsePriorStore.from_topk: values {tuple(np.shape(values))} and indices {idx.shape} must be the same (n, k)")
+            raise DataError(f"SparsePriorStore.from_topk: values {tuple(np.shape(values))} and indices {idx.shape} "
+                            "must be the same (n, k)")
         n, k = idx.shape
         w = prior_from_values(kind, values)
         if members is None:
@@ -163,10 +166,12 @@ class SparsePriorStore:
         keys, wf = keys[order], wf[order]
         first = np.ones(keys.size, dtype=bool)
         first[1:] = keys[1:] != keys[:-1]
-        return cls(kind=kind, num_objects=num_objects, keys=keys[first], weights=wf[first], delta=delta, k=k, options=options)
+        return cls(kind=kind, num_objects=num_objects, keys=keys[first], weights=wf[first], delta=delta, k=k,
+                   options=options)
 
     # ------------------------------------------------------------------ lookup
-    def pairs(self, rows: torch.Tensor | np.ndarray | Sequence[int], cols: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+    def pairs(self, rows: torch.Tensor | np.ndarray | Sequence[int],
+              cols: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         """``l`` for every (row, col) pair of global object indices: ``(R,), (C,) -> (R, C)`` float32 on the store's
         device: 1 on ``rows[r] == cols[c]``, the stored prior for stored pairs, ``delta`` otherwise."""
         r = self._index(rows, "rows")
@@ -224,7 +229,7 @@ class SparsePriorStore:
     def nbytes(self) -> int:
         return self._keys.numel() * 8 + self._weights.numel() * 4
 
-    def to(self, device: str | torch.device) -> "SparsePriorStore":
+    def to(self, device: str | torch.device) -> SparsePriorStore:
         """Move the lookup tensors to ``device`` (in place); returns ``self``."""
         self._keys = self._keys.to(device)
         self._weights = self._weights.to(device)
@@ -239,7 +244,8 @@ class SparsePriorStore:
     # ------------------------------------------------------------------ persistence
     @staticmethod
     def manifest_key(
-        kind: str, options: Mapping[str, Any], k: int, key: Mapping[str, Any] | None = None, num_objects: int | None = None
+        kind: str, options: Mapping[str, Any], k: int, key: Mapping[str, Any] | None = None,
+        num_objects: int | None = None
     ) -> dict[str, Any]:
         """The manifest key a store with these settings is saved under (for ``expected_key`` in :meth:`load`); δ is
         not part of it."""
@@ -273,7 +279,7 @@ class SparsePriorStore:
         delta: float = DEFAULT_DELTA,
         device: str | torch.device = "cpu",
         verify_checksums: bool = True,
-    ) -> "SparsePriorStore":
+    ) -> SparsePriorStore:
         """Load a saved store that looks up ``delta`` for the pairs it does not hold; :class:`CacheError` if the
         manifest is missing/stale or a file is corrupt/inconsistent."""
         delta = check_delta(delta)
@@ -284,7 +290,8 @@ class SparsePriorStore:
         )
         try:
             store = cls(
-                kind=key["prior_kind"], num_objects=key["num_objects"], keys=arrays["keys.npy"], weights=arrays["weights.npy"],
+                kind=key["prior_kind"], num_objects=key["num_objects"], keys=arrays["keys.npy"],
+                weights=arrays["weights.npy"],
                 delta=delta, k=key["k"], options=key["prior_options"],
             )
         except (DataError, ConfigError, TypeError, ValueError) as exc:
@@ -310,8 +317,10 @@ def sparse_options(
         if profile_norm not in PROFILE_NORMS:
             raise ConfigError(f"mining.profile_norm: unknown value {profile_norm!r}, expected one of {PROFILE_NORMS}")
         if softmax_temperature is not None:
-            if not (isinstance(softmax_temperature, (int, float)) and math.isfinite(softmax_temperature) and softmax_temperature > 0):
-                raise ConfigError(f"mining.softmax_temperature: must be a positive number or null, got {softmax_temperature!r}")
+            if not (isinstance(softmax_temperature, (int, float)) and math.isfinite(softmax_temperature)
+                    and softmax_temperature > 0):
+                raise ConfigError("mining.softmax_temperature: must be a positive number or null, got "
+                                  f"{softmax_temperature!r}")
             softmax_temperature = float(softmax_temperature)
         options.update(softmax_temperature=softmax_temperature, profile_norm=profile_norm, metric="l2")
     return options
@@ -343,7 +352,8 @@ def build_sparse_prior(
 
     The options are recorded in ``store.options`` (and so in the saved manifest).
     """
-    options = sparse_options(kind, aggregate=aggregate, symmetric=symmetric, softmax_temperature=softmax_temperature, profile_norm=profile_norm)
+    options = sparse_options(kind, aggregate=aggregate, symmetric=symmetric, softmax_temperature=softmax_temperature,
+                             profile_norm=profile_norm)
     if getattr(view_emb, "ndim", None) != 3:
         raise DataError(f"view_emb: expected (N, V, D), got shape {tuple(getattr(view_emb, 'shape', ()))}")
     n_all = int(view_emb.shape[0])
@@ -361,13 +371,17 @@ def build_sparse_prior(
     else:
         if landmark_emb is None:
             raise ConfigError("mining.kinds: 'i2l2' needs landmark embeddings (the feature store's landmark_emb)")
-        lm = torch.as_tensor(np.asarray(landmark_emb, dtype=np.float32)) if not isinstance(landmark_emb, torch.Tensor) else landmark_emb.float()
+        lm = (torch.as_tensor(np.asarray(landmark_emb, dtype=np.float32)) if not isinstance(landmark_emb, torch.Tensor)
+              else landmark_emb.float())
         profiles = torch.cat(
-            [i2l_profiles(mean[s : s + 4096], lm, softmax_temperature, profile_norm) for s in range(0, mean.shape[0], 4096)]
+            [i2l_profiles(mean[s : s + 4096], lm, softmax_temperature, profile_norm)
+             for s in range(0, mean.shape[0], 4096)]
         ) if mean.shape[0] else torch.zeros(0, lm.shape[0])
-        values, indices = topk_similar(profiles, k, block_size=block_size, metric="l2", device=device, progress=progress)
+        values, indices = topk_similar(profiles, k, block_size=block_size, metric="l2", device=device,
+                                       progress=progress)
     return SparsePriorStore.from_topk(
-        values, indices, kind=kind, members=members, num_objects=n_all, delta=delta, symmetric=symmetric, options=options
+        values, indices, kind=kind, members=members, num_objects=n_all, delta=delta, symmetric=symmetric,
+        options=options
     )
 
 

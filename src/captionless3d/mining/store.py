@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -68,7 +69,8 @@ def resolve_options(kind: str, **options: Any) -> dict[str, Any]:
     defaults = _OPTION_DEFAULTS[kind]
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ConfigError(f"mining: option(s) {unknown} do not apply to prior kind {kind!r} (valid: {sorted(defaults)})")
+        raise ConfigError(f"mining: option(s) {unknown} do not apply to prior kind {kind!r} (valid: "
+                          f"{sorted(defaults)})")
     resolved = {**defaults, **options}
     if resolved["aggregate"] not in AGGREGATES:
         raise ConfigError(f"mining.aggregate: unknown value {resolved['aggregate']!r}, expected one of {AGGREGATES}")
@@ -76,7 +78,8 @@ def resolve_options(kind: str, **options: Any) -> dict[str, Any]:
         if resolved["metric"] not in METRICS:
             raise ConfigError(f"mining.metric: unknown value {resolved['metric']!r}, expected one of {METRICS}")
         if resolved["profile_norm"] not in PROFILE_NORMS:
-            raise ConfigError(f"mining.profile_norm: unknown value {resolved['profile_norm']!r}, expected one of {PROFILE_NORMS}")
+            raise ConfigError(f"mining.profile_norm: unknown value {resolved['profile_norm']!r}, expected one of "
+                              f"{PROFILE_NORMS}")
         t = resolved["softmax_temperature"]
         if t is not None:
             if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
@@ -175,7 +178,7 @@ class PriorStore:
         kind: str = "custom",
         delta: float = DEFAULT_DELTA,
         options: Mapping[str, Any] | None = None,
-    ) -> "PriorStore":
+    ) -> PriorStore:
         """From ready prior matrices: ``{label: (member_global_indices (n_c,), l (n_c, n_c))}``.
 
         ``l`` values are priors in [0, ∞) (already converted, e.g. ``(S+1)/2`` or ``1/(1+D)``), rows/columns in the
@@ -219,7 +222,7 @@ class PriorStore:
         landmark_labels: np.ndarray | Sequence[int] | None = None,
         delta: float = DEFAULT_DELTA,
         **options: Any,
-    ) -> "PriorStore":
+    ) -> PriorStore:
         """Compute the paper's priors from teacher embeddings.
 
         Args:
@@ -244,14 +247,16 @@ class PriorStore:
         if mask.dtype != bool:
             raise DataError(f"member_mask: expected a bool array, got dtype {mask.dtype}")
         if mask.size != n or len(view_emb) != n:
-            raise DataError(f"PriorStore.build: labels ({n}), member_mask ({mask.size}) and view_emb ({len(view_emb)}) differ in length")
+            raise DataError(f"PriorStore.build: labels ({n}), member_mask ({mask.size}) and view_emb ({len(view_emb)}) "
+                            "differ in length")
         if getattr(view_emb, "ndim", None) != 3:
             raise DataError(f"view_emb: expected (N, V, D), got shape {tuple(getattr(view_emb, 'shape', ()))}")
         labels = labels.astype(np.int64)
         if kind == "i2l2":
             if landmark_emb is None or landmark_labels is None:
                 raise ConfigError("mining.kind: 'i2l2' needs landmark_emb and landmark_labels")
-            lm_emb = landmark_emb.detach().cpu().float().numpy() if isinstance(landmark_emb, torch.Tensor) else np.asarray(landmark_emb, np.float32)
+            lm_emb = (landmark_emb.detach().cpu().float().numpy() if isinstance(landmark_emb, torch.Tensor)
+                      else np.asarray(landmark_emb, np.float32))
             lm_labels = np.asarray(landmark_labels).reshape(-1).astype(np.int64)
             if lm_emb.ndim != 2 or lm_emb.shape[0] != lm_labels.size:
                 raise DataError(f"landmark_emb {lm_emb.shape} and landmark_labels ({lm_labels.size},) do not match")
@@ -272,7 +277,8 @@ class PriorStore:
         return cls.from_category_matrices(matrices, n, kind=kind, delta=delta, options=opts)
 
     # ------------------------------------------------------------------ lookup
-    def pairs(self, rows: torch.Tensor | np.ndarray | Sequence[int], cols: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
+    def pairs(self, rows: torch.Tensor | np.ndarray | Sequence[int],
+              cols: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
         """``l`` for every (row, col) pair of global object indices: ``(R,), (C,) -> (R, C)`` float32.
 
         One vectorised gather (no Python loop over the batch). The result lives on the store's device (indices on
@@ -340,7 +346,7 @@ class PriorStore:
         """Bool ``(R,)``: whether each global index is a member (has a prior row)."""
         return self._offset[self._index(index, "index")] >= 0
 
-    def to(self, device: str | torch.device) -> "PriorStore":
+    def to(self, device: str | torch.device) -> PriorStore:
         """Move the lookup tensors to ``device`` (in place, like ``nn.Module.to``); returns ``self``."""
         for name in ("_values", "_offset", "_position", "_size", "_row_start", "_key"):
             setattr(self, name, getattr(self, name).to(device))
@@ -354,7 +360,8 @@ class PriorStore:
 
     # ------------------------------------------------------------------ persistence
     @staticmethod
-    def manifest_key(kind: str, options: Mapping[str, Any], key: Mapping[str, Any] | None = None, num_objects: int | None = None) -> dict[str, Any]:
+    def manifest_key(kind: str, options: Mapping[str, Any], key: Mapping[str, Any] | None = None,
+                     num_objects: int | None = None) -> dict[str, Any]:
         """The manifest key a store with these settings is saved under (for building ``expected_key`` in :meth:`load`).
         δ is not part of it: the stored matrices do not depend on it."""
         key = dict(key or {})
@@ -403,7 +410,7 @@ class PriorStore:
         delta: float = DEFAULT_DELTA,
         device: str | torch.device = "cpu",
         verify_checksums: bool = True,
-    ) -> "PriorStore":
+    ) -> PriorStore:
         """Load a saved store that looks up ``delta`` for pairs without a prior; :class:`CacheError` if the manifest is
         missing/stale (any ``expected_key`` field differs, including the reserved ``prior_kind``/``prior_options``/
         ``num_objects`` if given) or a file is missing, corrupt or inconsistent."""

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ from captionless3d.utils.threads import torch_threads
 __all__ = ["topk_similar", "TOPK_METRICS", "pack_keys", "unpack_keys"]
 
 TOPK_METRICS = ("cosine", "ip", "l2")
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 _LOW = (1 << 32) - 1
 _CHUNK = 16  # screening granularity (entries per chunk maximum)
@@ -569,10 +569,10 @@ def topk_similar(
             del lefts
         if bar is not None:
             bar.close()
-        del buf
+        buf = None  # free it (pair() above reads the name, so it is rebound, not deleted)
         with torch_threads(gemm_threads):  # one large selection
             keys = st.result(None if blocks.order is None else ids[:n])
-        del st, ids
+        st = ids = None  # free them (as buf)
         if bool((keys[:, -1] == _EMPTY).any()):
             raise DataError("topk_similar: fewer than k finite scores for some rows (scores overflowed float32?)")
         values, indices = unpack_keys(keys)

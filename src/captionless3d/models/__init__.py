@@ -18,12 +18,12 @@ from .factory import (
 )
 from .heads import PointEncoder, ProjectionHead
 from .ops import ball_query, export_mode, furthest_point_sample, gather_points, group_points, knn
-from .pointnext import PointNextEncoder
 
-# the other backbone families register their presets on import (timm style)
-from .pointnet2 import PointNet2SSG  # noqa: E402  (after factory: they import its register_encoder)
-from .pointbert import PointBERT  # noqa: E402
-from .ppat import PointPatchTransformer  # noqa: E402
+# importing a backbone module registers its presets (timm style; each imports factory.register_encoder)
+from .pointbert import PointBERT
+from .pointnet2 import PointNet2SSG
+from .pointnext import PointNextEncoder
+from .ppat import PointPatchTransformer
 
 __all__ = [
     "PointNextEncoder",

@@ -72,8 +72,10 @@ class PointBackbone(nn.Module):
             raise ConfigError(f"in_channels must be an int >= 3 (xyz first, then extra channels), got {in_channels!r}")
         if constant_rgb is not None:
             if in_channels != 6:
-                raise ConfigError(f"constant_rgb applies to xyz + rgb input (in_channels=6), not in_channels={in_channels}")
-            if isinstance(constant_rgb, bool) or not isinstance(constant_rgb, (int, float)) or not 0.0 <= constant_rgb <= 1.0:
+                raise ConfigError("constant_rgb applies to xyz + rgb input (in_channels=6), not "
+                                  f"in_channels={in_channels}")
+            if (isinstance(constant_rgb, bool) or not isinstance(constant_rgb, (int, float))
+                    or not 0.0 <= constant_rgb <= 1.0):
                 raise ConfigError(f"constant_rgb must be a grey value in [0, 1] (OpenShape: 0.4), got {constant_rgb!r}")
             constant_rgb = float(constant_rgb)
         self.in_channels = in_channels

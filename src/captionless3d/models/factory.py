@@ -3,22 +3,23 @@
 One registry for every backbone kind: a name maps to a builder (the backbone's class) and a preset (its keyword
 arguments); :func:`build_backbone` returns the bare backbone, :func:`build_point_encoder` backbone + head. The
 PointNeXt presets are below; ``pointnet2_ssg[_small]`` (:mod:`~captionless3d.models.pointnet2`), ``pointbert``,
-``pointbert_ulip2``, ``pointbert_small`` (:mod:`~captionless3d.models.pointbert`) and ``openshape_pointbert_b32[_small]``,
-``openshape_pointbert_g14`` (:mod:`~captionless3d.models.ppat`) register themselves in their modules (docs/backbones.md).
+``pointbert_ulip2``, ``pointbert_small`` (:mod:`~captionless3d.models.pointbert`) and
+``openshape_pointbert_b32[_small]``, ``openshape_pointbert_g14`` (:mod:`~captionless3d.models.ppat`) register themselves
+in their modules (docs/backbones.md).
 
 PointNeXt presets (OpenPoints configs; parameter counts exact, checked against ``openpoints==0.1.2``'s own constructor):
 
-============  ==============================  ==================  ===========  ==============  ============  ============
-name          blocks / strides                SA / radius          encoder      + head [512,    + 256->512    total
-                                                                   (in_ch 3)    256] (no out)   (bias)        (embed 512)
-============  ==============================  ==================  ===========  ==============  ============  ============
-pointnext_s   [1,1,1,1,1,1] / [1,2,2,2,2,1]   2 layers, res;       968,480      1,363,232       131,584       1,494,816
-                                              0.15 x1.5/stage
-pointnext_b   [1,2,3,2,2] / [1,4,4,4,4]       1 layer; 0.1 x2      3,476,224    3,870,976       131,584       4,002,560
-pointnext_l   [1,3,5,3,3] / [1,4,4,4,4]       1 layer; 0.1 x2      6,773,440    7,168,192       131,584       7,299,776
-pointnext_xl  [1,4,7,4,4] / [1,4,4,4,4],      1 layer; 0.1 x2      40,174,848   40,831,744      131,584       40,963,328
-              width 64                        (out 1024)                        (1024->512->256)
-============  ==============================  ==================  ===========  ==============  ============  ============
+============  =============================  ==================  ===========  ==============  ============  ============
+name          blocks / strides               SA / radius          encoder      + head [512,    + 256->512    total
+                                                                  (in_ch 3)    256] (no out)   (bias)        (embed 512)
+============  =============================  ==================  ===========  ==============  ============  ============
+pointnext_s   [1,1,1,1,1,1] / [1,2,2,2,2,1]  2 layers, res;       968,480      1,363,232       131,584       1,494,816
+                                             0.15 x1.5/stage
+pointnext_b   [1,2,3,2,2] / [1,4,4,4,4]      1 layer; 0.1 x2      3,476,224    3,870,976       131,584       4,002,560
+pointnext_l   [1,3,5,3,3] / [1,4,4,4,4]      1 layer; 0.1 x2      6,773,440    7,168,192       131,584       7,299,776
+pointnext_xl  [1,4,7,4,4] / [1,4,4,4,4],     1 layer; 0.1 x2      40,174,848   40,831,744      131,584       40,963,328
+              width 64                       (out 1024)                        (1024->512->256)
+============  =============================  ==================  ===========  ==============  ============  ============
 
 ``in_channels=4`` adds ``width`` parameters (the stem conv), e.g. PointNeXt-S 968,512. PointNeXt-S with the ModelNet40
 ``ClsHead`` (40 classes) is 1,373,512 = OpenPoints' "1.374 M"; ULIP's header says 1.367 M for its modified head.

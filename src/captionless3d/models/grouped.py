@@ -120,7 +120,7 @@ class _ColumnStats:
         self.n += rows
 
     @staticmethod
-    def total(parts: "list[_ColumnStats]") -> tuple[Tensor, Tensor]:
+    def total(parts: list[_ColumnStats]) -> tuple[Tensor, Tensor]:
         """Unshifted float64 ``(sum, sum of squares)`` over several accumulators (added in list order)."""
         sums = [p.sums() for p in parts if p.n]
         return _sum_in_order([s for s, _ in sums]), _sum_in_order([ss for _, ss in sums])

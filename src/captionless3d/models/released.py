@@ -6,26 +6,27 @@ The backbones of :mod:`~captionless3d.models.pointnet2`, :mod:`~captionless3d.mo
 ``torch.compile``'s ``_orig_mod.``; the ``state_dict`` may sit under ``state_dict`` / ``model`` / ``base_model`` /
 ... containers):
 
-=================  ======================================================  ==================================================
+=================  ======================================================  =============================================
 layout             keys in the file                                        where they come from
-=================  ======================================================  ==================================================
+=================  ======================================================  =============================================
 ``ulip``           ``point_encoder.<backbone>``, ``pc_projection (F, D)``  ULIP-1 / ULIP-2 ``main.py`` checkpoints
                                                                            (``{"state_dict": ..., "args": ...}``); the
                                                                            image / text towers, ``logit_scale``,
                                                                            ``open_clip_model.*`` are ignored
-``openshape``      ``ppat.<backbone>`` + ``proj.*``                        OpenShape's trainer (``{"state_dict": ...}``)
-                                                                           and the ViT-bigG-14 release
+``openshape``      ``ppat.<backbone>`` + ``proj.*``                        OpenShape's trainer (``{"state_dict":
+                                                                           ...}``) and the ViT-bigG-14 release
                    ``pc_encoder.<backbone>``                               the ViT-B/32 release (no projection)
                    ``pc_encoder.ppat.*`` + ``pc_encoder.proj.*``           the ViT-L/14 release
-``pointbert``      ``transformer_q.<backbone>``                            Point-BERT pre-training (``{"base_model": ...}``);
-                                                                           ``lm_head``, ``cls_head``, ``mask_token``,
-                                                                           ``transformer_k.*``, ``dvae.*`` are ignored
-                   ``base_model.<backbone>`` or bare keys                  Point-BERT fine-tuned; ``cls_head_finetune``
-                                                                           ignored
-``captionless3d``  ``[R]encoder.<backbone>`` + ``[R]head.head.*``          ``PointEncoder.state_dict()`` / our Lightning
-                                                                           checkpoints (``R = "encoder."``)
+``pointbert``      ``transformer_q.<backbone>``                            Point-BERT pre-training (``{"base_model":
+                                                                           ...}``); ``lm_head``, ``cls_head``,
+                                                                           ``mask_token``, ``transformer_k.*``,
+                                                                           ``dvae.*`` are ignored
+                   ``base_model.<backbone>`` or bare keys                  Point-BERT fine-tuned;
+                                                                           ``cls_head_finetune`` ignored
+``captionless3d``  ``[R]encoder.<backbone>`` + ``[R]head.head.*``          ``PointEncoder.state_dict()`` / our
+                                                                           Lightning checkpoints (``R = "encoder."``)
 ``backbone``       ``<backbone>`` at the top level                         a bare backbone's ``state_dict``
-=================  ======================================================  ==================================================
+=================  ======================================================  =============================================
 
 The projection into the teacher's space goes to the :class:`~captionless3d.models.heads.ProjectionHead`'s final
 ``Linear``: ULIP's ``pc_projection`` ``P (F, D)`` (used as ``x @ P``) becomes ``weight = P.T``, ``bias = 0``;
@@ -231,7 +232,8 @@ def convert_state_dict(
                 used.discard(lay.projection)  # nowhere to go -> unexpected (with a hint below)
             else:
                 put(f"head.{final_t}0.weight", P.t(), f"{lay.projection}.T")  # x @ P = Linear(weight=P.T)
-                put(f"head.{final_t}0.bias", torch.zeros(P.shape[1], dtype=P.dtype), f"{lay.projection} (no bias: zeros)")
+                put(f"head.{final_t}0.bias", torch.zeros(P.shape[1], dtype=P.dtype),
+                    f"{lay.projection} (no bias: zeros)")
         else:
             ignored.append(lay.projection)
     if lay.name == "openshape" and lay.projection is not None and "proj.weight" not in backbone_keys:

@@ -4,19 +4,20 @@ Our :class:`~captionless3d.models.PointNextEncoder` has OpenPoints' module tree,
 checkpoint families. Supported key layouts (``layout=``; ``"auto"`` detects them, after stripping DDP's ``module.``
 and ``torch.compile``'s ``_orig_mod.``):
 
-==================  ===================================================  =============================================
-layout              backbone / head keys in the file                     file format
-==================  ===================================================  =============================================
-``ulip``            ``point_encoder.encoder.encoder.{stage}.{block}.*``   ULIP ``main.py``: ``{"state_dict": ..., "args":
-                    ``point_encoder.prediction.head.{i}.{j}.*``           Namespace, "optimizer": ...}``, keys prefixed
-                    ``pc_projection`` (C, D), ``x @ P``, no bias           ``module.``; text/image towers are ignored
-``openpoints``      ``encoder.encoder.{stage}...`` (``BaseCls``)          OpenPoints ``save_checkpoint``:
-                    ``prediction.head.{i}.{j}.*`` (``ClsHead``)           ``{"model": ..., "optimizer", "epoch"}``
-``encoder``         ``encoder.{stage}.{block}.*`` (a bare                 a plain ``state_dict``
+==================  =====================================================  ===========================================
+layout              backbone / head keys in the file                       file format
+==================  =====================================================  ===========================================
+``ulip``            ``point_encoder.encoder.encoder.{stage}.{block}.*``    ULIP ``main.py``: ``{"state_dict": ...,
+                    ``point_encoder.prediction.head.{i}.{j}.*``            "args": Namespace, "optimizer": ...}``,
+                    ``pc_projection`` (C, D), ``x @ P``, no bias           keys prefixed ``module.``; text/image
+                                                                           towers are ignored
+``openpoints``      ``encoder.encoder.{stage}...`` (``BaseCls``)           OpenPoints ``save_checkpoint``:
+                    ``prediction.head.{i}.{j}.*`` (``ClsHead``)            ``{"model": ..., "optimizer", "epoch"}``
+``encoder``         ``encoder.{stage}.{block}.*`` (a bare                  a plain ``state_dict``
                     ``PointNextEncoder``, OpenPoints' or ours)
-``captionless3d``   ``[R]encoder.encoder.*`` + ``[R]head.head.*``         ``PointEncoder.state_dict()`` or a Lightning
-                    (``R`` = ``""`` or e.g. ``"encoder."``)               checkpoint of the training module
-==================  ===================================================  =============================================
+``captionless3d``   ``[R]encoder.encoder.*`` + ``[R]head.head.*``          ``PointEncoder.state_dict()`` or a
+                    (``R`` = ``""`` or e.g. ``"encoder."``)                Lightning checkpoint of the training module
+==================  =====================================================  ===========================================
 
 Heads are mapped by *position*, not by index: a source hidden block ``Linear -> BN -> ReLU`` is any ``head.{i}`` with
 a ``.1`` (norm) child, the final linear is a ``head.{i}`` with only ``.0``; dropout layers hold no weights, so a head
@@ -112,7 +113,8 @@ def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict[s
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, zipfile errors ...
         hint = ("" if trusted else " If the file is trusted and holds other Python objects, pass trusted=True "
                 "(full unpickling).")
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: {str(exc)[:400]}.{hint}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(exc).__name__}: "
+                              f"{str(exc)[:400]}.{hint}") from exc
     return extract_state_dict(obj, source=path)
 
 

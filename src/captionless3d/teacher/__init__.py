@@ -1,4 +1,5 @@
-"""Frozen teachers (OpenCLIP, Hugging Face CLIP, and the project's own synthetic CLIP) and the cached FeatureStore of their embeddings.
+"""Frozen teachers (OpenCLIP, Hugging Face CLIP, and the project's own synthetic CLIP) and the cached FeatureStore of
+their embeddings.
 
 Heavy imports (torch, open_clip) happen inside the submodules; importing this package is cheap.
 """

@@ -14,7 +14,8 @@ surface, so the feature store, the miners and the evaluation never care which on
 """
 from __future__ import annotations
 
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch

@@ -17,7 +17,6 @@ Templates:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 
@@ -25,7 +24,7 @@ from captionless3d.errors import ConfigError, DataError
 from captionless3d.teacher.base import Teacher, l2_normalise
 from captionless3d.teacher.features import DEFAULT_PROMPT_TEMPLATE
 
-Template = Union[str, Callable[[str], str]]
+Template = str | Callable[[str], str]
 
 _SENTINEL = "\x00class\x00"
 

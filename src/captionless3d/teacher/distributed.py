@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,7 +31,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, TQDMP
 from torch.utils.data import DataLoader, Dataset
 
 from captionless3d.errors import CacheError, ConfigError
-from captionless3d.teacher.extract import ShardAssembler, commit_shard, encode_chunk, finalise_store, finished_shards, load_chunk
+from captionless3d.teacher.extract import (
+    ShardAssembler,
+    commit_shard,
+    encode_chunk,
+    finalise_store,
+    finished_shards,
+    load_chunk,
+)
 from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE, DEFAULT_SHARD_SIZE, StorePlan
 from captionless3d.utils.threads import set_torch_threads
 
@@ -91,8 +99,8 @@ class FeatureExtractionModule(L.LightningModule):
         tdev = torch.device(getattr(self.teacher, "device", "cpu"))
         if tdev.type != root.type:
             raise ConfigError(
-                f"teacher {self.teacher.id} sits on {tdev} but rank {self.trainer.global_rank} computes on {root}: build "
-                "the teacher on the rank's device (python -m captionless3d.features does, with strategy=ddp)"
+                f"teacher {self.teacher.id} sits on {tdev} but rank {self.trainer.global_rank} computes on {root}: "
+                "build the teacher on the rank's device (python -m captionless3d.features does, with strategy=ddp)"
             )
         if tdev != root and tdev.index is not None and root.index is not None:
             log.warning("rank %d: teacher on %s, rank device %s", self.trainer.global_rank, tdev, root)
@@ -104,14 +112,16 @@ class FeatureExtractionModule(L.LightningModule):
     def predict_dataloader(self) -> DataLoader:
         mine = rank_shards(self.todo, self.trainer.global_rank, self.trainer.world_size)
         chunks = [(k, a, b) for k in mine for a, b in self.plan.chunks(k)]
-        log.info("rank %d/%d: %d shards (%d chunks) to encode", self.trainer.global_rank, self.trainer.world_size, len(mine), len(chunks))
+        log.info("rank %d/%d: %d shards (%d chunks) to encode", self.trainer.global_rank, self.trainer.world_size,
+                 len(mine), len(chunks))
         return DataLoader(
             _ChunkDataset(self.collection, self.plan, chunks), batch_size=None, shuffle=False,
             num_workers=self.num_workers, collate_fn=_passthrough, persistent_workers=False,
         )
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        arrays = encode_chunk(self.teacher, batch, self.plan, int(batch["start"]), batch_size=self.batch_size, autocast=False)
+        arrays = encode_chunk(self.teacher, batch, self.plan, int(batch["start"]), batch_size=self.batch_size,
+                              autocast=False)
         return {"shard": int(batch["shard"]), "start": int(batch["start"]), **arrays}
 
 
@@ -129,7 +139,8 @@ class ShardPredictionWriter(BasePredictionWriter):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
         self._started.setdefault(int(batch["shard"]), time.time())
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
         k = int(prediction["shard"])
         if k not in self._open:
             self._open[k] = ShardAssembler(self.plan, k)
@@ -143,7 +154,8 @@ class ShardPredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:  # noqa: ANN001
         if self._open:
-            raise CacheError(f"feature store {self.directory}: rank {trainer.global_rank} ended with incomplete shards {sorted(self._open)}")
+            raise CacheError(f"feature store {self.directory}: rank {trainer.global_rank} ended with incomplete shards "
+                             f"{sorted(self._open)}")
 
 
 def _default_precision(accelerator: str) -> str:
@@ -176,10 +188,11 @@ def extract_features_distributed(
     ``devices=1``, ``precision`` ``"16-mixed"`` on GPU / ``"32-true"`` on CPU, no logger, no checkpoints,
     ``use_distributed_sampler=False`` (this module shards by itself).
     """
-    from captionless3d.teacher.features import start_build, load_feature_store
+    from captionless3d.teacher.features import load_feature_store, start_build
 
     out_dir = Path(out_dir)
-    plan, lm = start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size, chunk_objects)
+    plan, lm = start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size,
+                           chunk_objects)
     done = finished_shards(out_dir, plan, verify=verify_finished)
     todo = [k for k in range(plan.num_shards) if k not in done]
     if done:
@@ -191,7 +204,8 @@ def extract_features_distributed(
         kwargs.setdefault("devices", 1)
         if kwargs.get("precision") is None:
             kwargs["precision"] = _default_precision(str(kwargs["accelerator"]))
-        kwargs.update(logger=False, enable_checkpointing=False, enable_model_summary=False, use_distributed_sampler=False)
+        kwargs.update(logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      use_distributed_sampler=False)
         kwargs.setdefault("enable_progress_bar", bool(progress))
         callbacks = [*(kwargs.get("callbacks") or []), writer]
         if kwargs["enable_progress_bar"] and not any(isinstance(c, ProgressBar) for c in callbacks):

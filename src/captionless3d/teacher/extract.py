@@ -19,8 +19,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def make_plan(
     name = getattr(collection, "name", "collection")
     views = collection.views
     if views is None or len(views.shape) != 5 or views.shape[-1] != 3:
-        raise DataError(f"{name}: views must be (N, V, H, W, 3) uint8, got {None if views is None else tuple(views.shape)}")
+        raise DataError(f"{name}: views must be (N, V, H, W, 3) uint8, got "
+                        f"{None if views is None else tuple(views.shape)}")
     n, v = int(views.shape[0]), int(views.shape[1])
     photos = getattr(collection, "photos", None)
     masks = getattr(collection, "masks", None)
@@ -76,7 +78,8 @@ def make_plan(
         if int(photos.shape[0]) != n:
             raise DataError(f"{name}: {photos.shape[0]} photo rows for {n} objects")
         if masks is None or tuple(masks.shape) != tuple(photos.shape[:4]):
-            raise DataError(f"{name}: masks {None if masks is None else tuple(masks.shape)} do not match photos {tuple(photos.shape)}")
+            raise DataError(f"{name}: masks {None if masks is None else tuple(masks.shape)} do not match photos "
+                            f"{tuple(photos.shape)}")
         k = int(photos.shape[1])
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -99,8 +102,10 @@ def _object_name(collection: Any, i: int) -> str:
         return f"object index {i}"
 
 
-def _read_rows(collection: Any, attr: str, array: Any, start: int, stop: int, item_shape: tuple, plan: StorePlan) -> np.ndarray:
-    """``array[start:stop]`` as uint8/bool ``(stop-start, *item_shape)``; a bad row gives a DataError naming the object."""
+def _read_rows(collection: Any, attr: str, array: Any, start: int, stop: int, item_shape: tuple,
+               plan: StorePlan) -> np.ndarray:
+    """``array[start:stop]`` as uint8/bool ``(stop-start, *item_shape)``; a bad row gives a DataError naming the
+    object."""
     name = getattr(collection, "name", "collection")
     k = start // plan.shard_size
     try:
@@ -113,7 +118,8 @@ def _read_rows(collection: Any, attr: str, array: Any, start: int, stop: int, it
         try:
             row = np.asarray(array[i])
         except (DataError, ValueError, OSError) as exc:
-            raise DataError(f"{name}: {_object_name(collection, i)} in shard {k}: cannot read its {attr}: {exc}") from exc
+            raise DataError(f"{name}: {_object_name(collection, i)} in shard {k}: cannot read its {attr}: "
+                            f"{exc}") from exc
         if row.shape != item_shape:
             raise DataError(
                 f"{name}: {_object_name(collection, i)} in shard {k} has {attr} of shape {row.shape}, expected "
@@ -147,7 +153,8 @@ def _autocast(teacher: Any, enabled: bool | None) -> contextlib.AbstractContextM
 
 
 def encode_chunk(
-    teacher: Any, chunk: Mapping[str, Any], plan: StorePlan, start: int, *, batch_size: int, autocast: bool | None = None
+    teacher: Any, chunk: Mapping[str, Any], plan: StorePlan, start: int, *, batch_size: int,
+    autocast: bool | None = None
 ) -> dict[str, np.ndarray]:
     """Embed one chunk's images: ``{view_emb: (c, V, D), photo_emb: (c, K, D), photo_masked_emb: (c, K, D)}`` fp16.
 
@@ -167,9 +174,11 @@ def encode_chunk(
             emb = teacher.encode_images(flat, batch_size=batch_size, progress=False)
         emb = emb.float().cpu().numpy() if hasattr(emb, "cpu") else np.asarray(emb, np.float32)
         if emb.shape != (c * per, plan.dim):
-            raise DataError(f"teacher {teacher.id} returned {emb.shape} for {c * per} images of objects {start}..{start + c - 1}, expected (.., {plan.dim})")
+            raise DataError(f"teacher {teacher.id} returned {emb.shape} for {c * per} images of objects "
+                            f"{start}..{start + c - 1}, expected (.., {plan.dim})")
         if not np.isfinite(emb).all():
-            raise NumericalError(f"teacher {teacher.id}: non-finite {name} embedding among objects {start}..{start + c - 1}")
+            raise NumericalError(f"teacher {teacher.id}: non-finite {name} embedding among objects "
+                                 f"{start}..{start + c - 1}")
         out[name] = emb.reshape(c, per, plan.dim).astype(np.float16)
     return out
 
@@ -209,7 +218,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def commit_shard(directory: Path, plan: StorePlan, k: int, arrays: Mapping[str, np.ndarray], *, images: int, started: float) -> dict[str, Any]:
+def commit_shard(directory: Path, plan: StorePlan, k: int, arrays: Mapping[str, np.ndarray], *, images: int,
+                 started: float) -> dict[str, Any]:
     """Write shard ``k``'s arrays (each atomically), then its journal entry (atomically). Returns the entry.
 
     ``started``: ``time.time()`` when the shard's first chunk began encoding (for the throughput readout).
@@ -259,9 +269,11 @@ def finished_shards(directory: Path, plan: StorePlan, *, verify: bool = True) ->
         try:
             entry = json.loads(path.read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            log.warning("feature store %s: journal entry %s is unreadable (%s); re-doing shard %d", directory, path, exc, k)
+            log.warning("feature store %s: journal entry %s is unreadable (%s); re-doing shard %d", directory, path,
+                        exc, k)
             continue
-        if entry.get("build_id") != plan.build_id or [entry.get("start"), entry.get("stop")] != list(plan.shard_range(k)):
+        if (entry.get("build_id") != plan.build_id
+                or [entry.get("start"), entry.get("stop")] != list(plan.shard_range(k))):
             continue  # from another build (other key, shard size or collection size)
         files = entry.get("files", {})
         if sorted(files) != sorted(shard_file(name, k) for name in SHARDED_ARRAYS):
@@ -321,14 +333,16 @@ def extract_shards(
 # texts + finalise
 # ----------------------------------------------------------------------------------------------------------------
 def encode_text_arrays(
-    collection: Any, teacher: Any, *, prompt_template: str, landmarks: Mapping[str, Sequence[str]], batch_size: int, progress: bool
+    collection: Any, teacher: Any, *, prompt_template: str, landmarks: Mapping[str, Sequence[str]], batch_size: int,
+    progress: bool
 ) -> dict[str, np.ndarray]:
     """``prompt_emb (C, D)``, ``landmark_emb (L, D)`` fp16 and ``landmark_labels (L,)`` int64."""
     dim = int(teacher.dim)
     prompts = [prompt_template.format(c) for c in collection.categories]
     prompt_emb = teacher.encode_texts(prompts, batch_size=batch_size, progress=False)
     lm_texts = [s for k in landmarks for s in landmarks[k]]
-    lm_labels = np.array([list(collection.categories).index(k) for k in landmarks for _ in landmarks[k]], dtype=np.int64)
+    lm_labels = np.array([list(collection.categories).index(k) for k in landmarks for _ in landmarks[k]],
+                         dtype=np.int64)
     lm_emb = (
         teacher.encode_texts(lm_texts, batch_size=batch_size, progress=progress and len(lm_texts) > 2048)
         if lm_texts else np.zeros((0, dim), np.float32)
@@ -381,7 +395,8 @@ def finalise_store(
     done = finished_shards(directory, plan, verify=False)
     missing = [k for k in range(plan.num_shards) if k not in done]
     if missing:
-        raise CacheError(f"feature store {directory}: shards {missing[:10]} are not finished; cannot write the manifest")
+        raise CacheError(f"feature store {directory}: shards {missing[:10]} are not finished; cannot write the "
+                         "manifest")
     t1 = time.perf_counter()
     texts = encode_text_arrays(collection, teacher, prompt_template=prompt_template, landmarks=landmarks,
                                batch_size=batch_size, progress=progress)
@@ -397,11 +412,13 @@ def finalise_store(
 
     ran = [done[k] for k in run_shards if k in done]
     n_images = sum(int(e.get("images", 0)) for e in ran)
-    if ran and all("started" in e and "finished" in e for e in ran):  # first chunk started .. last shard written, all ranks
+    # first chunk started .. last shard written, all ranks
+    if ran and all("started" in e and "finished" in e for e in ran):
         run_seconds = max(e["finished"] for e in ran) - min(e["started"] for e in ran)
     ips = n_images / max(run_seconds, 1e-9)
     angles = getattr(collection, "view_angles", None)
-    angles = [list(map(float, a)) for a in angles] if angles is not None and len(angles) == plan.views and plan.views else None
+    angles = ([list(map(float, a)) for a in angles] if angles is not None and len(angles) == plan.views and plan.views
+              else None)
     stats = {
         "num_objects": plan.num_objects,
         "num_images": n_images,

@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from captionless3d.errors import CacheError, DataError
-from captionless3d.utils.threads import torch_threads
 from captionless3d.teacher.sharded import ShardedArray
 from captionless3d.teacher.store_format import (  # noqa: F401  (re-exported names)
     ARRAY_NAMES,
@@ -53,6 +53,7 @@ from captionless3d.teacher.store_format import (  # noqa: F401  (re-exported nam
 )
 from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import MANIFEST_NAME, file_sha256, load_manifest
+from captionless3d.utils.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +162,16 @@ def build_feature_store(
 
     with torch_threads(num_threads) as threads:
         out_dir = Path(out_dir)
-        plan, lm = start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size, chunk_objects)
+        plan, lm = start_build(collection, teacher, out_dir, prompt_template, landmarks, batch_size, shard_size,
+                               chunk_objects)
         done = finished_shards(out_dir, plan, verify=verify_finished)
         todo = [k for k in range(plan.num_shards) if k not in done]
         if done:
-            log.info("feature store %s: resuming, %d of %d shards already finished", out_dir, len(done), plan.num_shards)
+            log.info("feature store %s: resuming, %d of %d shards already finished", out_dir, len(done),
+                     plan.num_shards)
         t0 = time.perf_counter()
-        extract_shards(collection, teacher, out_dir, plan, todo, batch_size=batch_size, progress=progress, autocast=autocast)
+        extract_shards(collection, teacher, out_dir, plan, todo, batch_size=batch_size, progress=progress,
+                       autocast=autocast)
         device = str(getattr(teacher, "device", "cpu"))
         amp = autocast is not False and device.startswith("cuda")
         finalise_store(
@@ -189,7 +193,8 @@ def start_build(collection, teacher, out_dir: Path, prompt_template, landmarks, 
         raise DataError(f"prompt_template: {prompt_template!r} has no '{{}}' placeholder for the category name")
     lm = resolve_landmarks(collection, landmarks)
     key = feature_store_key(collection, teacher, prompt_template=prompt_template, landmarks=lm)
-    plan = make_plan(collection, teacher, key, shard_size=shard_size, batch_size=batch_size, chunk_objects=chunk_objects)
+    plan = make_plan(collection, teacher, key, shard_size=shard_size, batch_size=batch_size,
+                     chunk_objects=chunk_objects)
     out_dir.mkdir(parents=True, exist_ok=True)
     _journal_from_manifest(out_dir, plan)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
@@ -212,7 +217,8 @@ def _journal_from_manifest(out_dir: Path, plan: Any) -> None:
         layout, files = manifest["layout"], manifest["files"]
         same = (manifest.get("version") == MANIFEST_VERSION and manifest.get("key") == dict(plan.key)
                 and int(layout["num_objects"]) == plan.num_objects and int(layout["shard_size"]) == plan.shard_size
-                and {k: list(v) for k, v in layout["sharded_arrays"].items()} == {n: list(plan.item_shape(n)) for n in SHARDED_ARRAYS})
+                and {k: list(v) for k, v in layout["sharded_arrays"].items()}
+                == {n: list(plan.item_shape(n)) for n in SHARDED_ARRAYS})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if not same:
@@ -245,7 +251,8 @@ def load_feature_store(
     directory = Path(directory)
     if verify_checksums not in (True, False, "lazy"):
         raise ValueError(f"verify_checksums must be True, False or 'lazy', got {verify_checksums!r}")
-    manifest = load_manifest(directory, kind=MANIFEST_KIND, version=MANIFEST_VERSION, key=expected_key, verify_checksums=False)
+    manifest = load_manifest(directory, kind=MANIFEST_KIND, version=MANIFEST_VERSION, key=expected_key,
+                             verify_checksums=False)
     where = directory / MANIFEST_NAME
     layout = manifest.get("layout")
     files = manifest.get("files", {})
@@ -254,13 +261,15 @@ def load_feature_store(
     bounds = shard_bounds(layout)
     num_shards = len(bounds) - 1
     if num_shards != int(layout["num_shards"]):
-        raise CacheError(f"{where}: layout says {layout['num_shards']} shards, but {layout['num_objects']} objects in shards of {layout['shard_size']} make {num_shards}")
+        raise CacheError(f"{where}: layout says {layout['num_shards']} shards, but {layout['num_objects']} objects in "
+                         f"shards of {layout['shard_size']} make {num_shards}")
     for name in SMALL_ARRAYS:
         rel = f"{name}.npy"
         if rel not in files:
             raise CacheError(f"{where}: {rel} is not listed in the manifest")
         if verify_checksums and file_sha256(directory / rel) != files[rel]:
-            raise CacheError(f"{directory / rel}: checksum mismatch, the file is corrupt or was modified after the manifest")
+            raise CacheError(f"{directory / rel}: checksum mismatch, the file is corrupt or was modified after the "
+                             "manifest")
     arrays: dict[str, Any] = {}
     for name in SHARDED_ARRAYS:
         rels = [shard_file(name, k) for k in range(num_shards)]
@@ -299,7 +308,8 @@ def load_feature_store(
     ]
     for name, ok in checks:
         if not ok:
-            raise CacheError(f"{directory / name}: shape {arrays[name].shape} is inconsistent with view_emb {arrays['view_emb'].shape}")
+            raise CacheError(f"{directory / name}: shape {arrays[name].shape} is inconsistent with view_emb "
+                             f"{arrays['view_emb'].shape}")
     return FeatureStore(directory=directory, manifest=manifest, stats=dict(manifest.get("extra", {})), **arrays)
 
 

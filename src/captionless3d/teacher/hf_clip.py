@@ -38,9 +38,9 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +58,8 @@ _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0", "false", "False") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(os.environ.get(v, "") not in ("", "0", "false", "False")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _is_local(name_or_path: str | os.PathLike) -> bool:
@@ -66,7 +67,8 @@ def _is_local(name_or_path: str | os.PathLike) -> bool:
     if isinstance(name_or_path, os.PathLike):
         return True
     s = str(name_or_path)
-    return Path(s).expanduser().exists() or s.startswith(("/", "./", "../", "~", ".\\")) or (os.sep == "\\" and ":" in s)
+    return (Path(s).expanduser().exists() or s.startswith(("/", "./", "../", "~", ".\\"))
+            or (os.sep == "\\" and ":" in s))
 
 
 def weights_sha256(directory: str | os.PathLike) -> str:
@@ -96,7 +98,7 @@ def create_hf_clip_teacher(
     autocast: bool = True,
     local_files_only: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> "HFCLIPTeacher":
+) -> HFCLIPTeacher:
     """Load a frozen ``transformers`` CLIP teacher from a hub name or a local ``save_pretrained`` directory.
 
     Args:
@@ -152,7 +154,8 @@ def create_hf_clip_teacher(
         except Exception as exc:  # noqa: BLE001 - OSError, json/safetensors/torch errors from transformers
             hint = ""
             if not local:
-                hint = (" It is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only)."
+                hint = (" It is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE / "
+                        "local_files_only)."
                         if offline else " The download failed.")
                 hint += " Download it on a machine with internet access, or save_pretrained it and pass the directory."
             detail = " ".join(str(exc).split()).rstrip(".")
@@ -172,13 +175,15 @@ def create_hf_clip_teacher(
             f"{where}: the weights do not fit the CLIP config (missing/mismatched: {bad[:5]}"
             f"{' ...' if len(bad) > 5 else ''}); refusing to run with randomly initialised parameters"
         )
-    if local and not ((path / "tokenizer.json").is_file() or {"vocab.json", "merges.txt"} <= {p.name for p in path.iterdir()}):
+    if local and not ((path / "tokenizer.json").is_file()
+                      or {"vocab.json", "merges.txt"} <= {p.name for p in path.iterdir()}):
         # AutoTokenizer would silently build an empty-vocabulary CLIPTokenizer from config.json alone
         raise CheckpointError(f"{where}: cannot load the tokenizer: no tokenizer.json (or vocab.json + merges.txt)")
     tokenizer = _load("tokenizer", AutoTokenizer.from_pretrained)
     if len(tokenizer) > config.text_config.vocab_size:
         raise CheckpointError(
-            f"{where}: the tokenizer has {len(tokenizer)} tokens but the text tower only {config.text_config.vocab_size}"
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the text tower only "
+            f"{config.text_config.vocab_size}"
         )
     processor = _load("image processor", AutoImageProcessor.from_pretrained)
 
@@ -412,7 +417,8 @@ class HFCLIPTeacher:
         if self.do_center_crop:
             ch, cw = self.crop_size["height"], self.crop_size["width"]
             if ch > h or cw > w:
-                raise DataError(f"{self.source}: images of {h}x{w} px after resizing are smaller than the crop {ch}x{cw}")
+                raise DataError(f"{self.source}: images of {h}x{w} px after resizing are smaller than the crop "
+                                f"{ch}x{cw}")
             top, left = int((h - ch) / 2.0), int((w - cw) / 2.0)
             x = x[:, :, top : top + ch, left : left + cw]
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
@@ -459,7 +465,8 @@ class HFCLIPTeacher:
 
     # -- texts ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256, progress: bool | None = None) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256,
+                     progress: bool | None = None) -> torch.Tensor:
         """Embed texts -> float32 ``(B, dim)``, CPU, L2-normalised. Tokenised with the model's tokenizer, padded to
         the batch's longest text and truncated to the context length (the causal text tower makes padding inert)."""
         if isinstance(texts, str):

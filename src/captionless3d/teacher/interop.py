@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,8 @@ def import_view_embeddings(
         bad = np.flatnonzero(~(np.isfinite(block).all(axis=(1, 2)) & (norms > 0).all(axis=(1, 2))))
         if bad.size:
             i = start + int(bad[0])
-            raise DataError(f"{name}: object {collection.object_ids[i]!r} (index {i}) has a non-finite or all-zero imported view embedding")
+            raise DataError(f"{name}: object {collection.object_ids[i]!r} (index {i}) has a non-finite or all-zero "
+                            "imported view embedding")
         empty = np.zeros((stop - start, 0, plan.dim), np.float16)
         arrays = {"view_emb": (block / norms).astype(np.float16), "photo_emb": empty, "photo_masked_emb": empty}
         commit_shard(out_dir, plan, k, arrays, images=0, started=time.time())
@@ -121,11 +123,13 @@ def _view_azimuths(store: Any, angles: Sequence[int] | None) -> list[int]:
     if len(angles) != v:
         raise ConfigError(f"angles: {len(angles)} azimuths for {v} views per object")
     if any(a not in ULIP_ANGLES for a in angles) or len(set(angles)) != v:
-        raise ConfigError(f"angles: the paper's layout names views by distinct ULIP azimuths (0..348 step 12), got {angles}")
+        raise ConfigError("angles: the paper's layout names views by distinct ULIP azimuths (0..348 step 12), got "
+                          f"{angles}")
     return angles
 
 
-def export_paper_embeddings(store: Any, collection: Any, emb_root: str | os.PathLike, *, angles: Sequence[int] | None = None) -> int:
+def export_paper_embeddings(store: Any, collection: Any, emb_root: str | os.PathLike, *,
+                            angles: Sequence[int] | None = None) -> int:
     """Write ``store.view_emb`` as ``emb_root/{synset}/{model}/{synset}-{model}_r_{AAA}.pth`` (float32 ``(1, D)``).
 
     ``angles``: the azimuth of each view (default: the store's recorded view angles). Synset = the category key of the
@@ -139,7 +143,8 @@ def export_paper_embeddings(store: Any, collection: Any, emb_root: str | os.Path
     azimuths = _view_azimuths(store, angles)
     keys = list(getattr(collection, "category_keys", collection.categories))
     if len(collection.object_ids) != len(store.view_emb):
-        raise DataError(f"store has {len(store.view_emb)} objects, collection {collection.name!r} has {len(collection.object_ids)}")
+        raise DataError(f"store has {len(store.view_emb)} objects, collection {collection.name!r} has "
+                        f"{len(collection.object_ids)}")
     root = Path(emb_root)
     written = 0
     for start, stop, block in _iter_blocks(store.view_emb):
@@ -147,7 +152,8 @@ def export_paper_embeddings(store: Any, collection: Any, emb_root: str | os.Path
             synset, model = synset_and_model(collection, start + j, keys)
             for v, a in enumerate(azimuths):
                 vec = torch.from_numpy(np.asarray(block[j, v], np.float32)[None].copy())
-                atomic_write_with(root / synset / model / f"{synset}-{model}_r_{a:03d}.pth", lambda p, t=vec: torch.save(t, p))
+                atomic_write_with(root / synset / model / f"{synset}-{model}_r_{a:03d}.pth", lambda p,
+                                  t=vec: torch.save(t, p))
                 written += 1
     return written
 
@@ -168,7 +174,8 @@ def export_openshape_image_feat(
 
     root = Path(root)
     if len(collection.object_ids) != len(store.view_emb):
-        raise DataError(f"store has {len(store.view_emb)} objects, collection {collection.name!r} has {len(collection.object_ids)}")
+        raise DataError(f"store has {len(store.view_emb)} objects, collection {collection.name!r} has "
+                        f"{len(collection.object_ids)}")
     keys = list(getattr(collection, "category_keys", collection.categories))
     entries = []
     for start, stop, block in _iter_blocks(store.view_emb):
@@ -180,7 +187,8 @@ def export_openshape_image_feat(
                 raise DataError(f"object id {uid!r} cannot be an OpenShape file name")
             xyz = np.asarray(collection.points[i], np.float32)[:, :3]
             shape = {
-                "dataset": dataset, "group": group, "id": uid, "category": collection.categories[int(collection.labels[i])],
+                "dataset": dataset, "group": group, "id": uid,
+                "category": collection.categories[int(collection.labels[i])],
                 "xyz": xyz.astype(np.float16), "rgb": np.full_like(xyz, 0.4, dtype=np.float16),
                 "image_feat": np.asarray(block[j], np.float32),
             }

@@ -30,8 +30,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def load_model_config(model_config: str | os.PathLike | Mapping[str, Any]) -> di
         cfg = cfg["model_cfg"]
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
-        raise ConfigError(f"{where}: missing required OpenCLIP config keys {missing} (need embed_dim, vision_cfg, text_cfg)")
+        raise ConfigError(f"{where}: missing required OpenCLIP config keys {missing} (need embed_dim, vision_cfg, "
+                          "text_cfg)")
     return cfg
 
 
@@ -124,7 +126,7 @@ def create_teacher(
     precision: str = "fp32",
     *,
     seed: int | None = 0,
-) -> "OpenCLIPTeacher":
+) -> OpenCLIPTeacher:
     """Build a frozen OpenCLIP teacher.
 
     Args:
@@ -200,7 +202,8 @@ def create_teacher(
                     f"the pretrained weights {model_name}/{tag} are not available "
                     f"{'offline (HF_HUB_OFFLINE is set)' if offline else 'here (download failed)'}: {exc}. "
                     "Download them on a machine with internet access (they are cached under ~/.cache/huggingface) "
-                    f"or pass a local file: create_teacher({model_name!r}, checkpoint='/path/open_clip_pytorch_model.bin')"
+                    f"or pass a local file: create_teacher({model_name!r}, "
+                    "checkpoint='/path/open_clip_pytorch_model.bin')"
                 ) from exc
             if ckpt_path is not None:
                 raise CheckpointError(f"teacher checkpoint {ckpt_path} does not fit {model_name!r}: {exc}") from exc
@@ -208,7 +211,8 @@ def create_teacher(
         except Exception as exc:  # noqa: BLE001 - state-dict / unpickling errors from torch
             if ckpt_path is not None:
                 raise CheckpointError(
-                    f"teacher checkpoint {ckpt_path} could not be loaded into {model_name!r}: {type(exc).__name__}: {exc}"
+                    f"teacher checkpoint {ckpt_path} could not be loaded into {model_name!r}: {type(exc).__name__}: "
+                    f"{exc}"
                 ) from exc
             raise
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -325,7 +329,8 @@ class OpenCLIPTeacher:
 
     # -- texts ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256, progress: bool | None = None) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256,
+                     progress: bool | None = None) -> torch.Tensor:
         """Embed texts with the model's own OpenCLIP tokenizer (truncated to its context length)."""
         if isinstance(texts, str):
             raise DataError("encode_texts expects a list of strings, got a single string")

@@ -40,7 +40,8 @@ def create(backend: str, *args: Any, **kwargs: Any) -> Any:
     target = TEACHER_BACKENDS.get(str(backend))
     if target is None:
         raise ConfigError(
-            f"teacher.factory.backend: unknown teacher backend {backend!r}; known backends: {', '.join(TEACHER_BACKENDS)}"
+            f"teacher.factory.backend: unknown teacher backend {backend!r}; known backends: "
+            f"{', '.join(TEACHER_BACKENDS)}"
         )
     module, fn = target.split(":")
     return getattr(importlib.import_module(module), fn)(*args, **kwargs)

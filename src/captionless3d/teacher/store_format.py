@@ -44,9 +44,10 @@ build skips finished shards and never rewrites them; a shard whose files no long
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from captionless3d.errors import DataError
 from captionless3d.utils.manifest import stable_hash

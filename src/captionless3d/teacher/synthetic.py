@@ -31,19 +31,20 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captionless3d.errors import CacheError, ConfigError, DataError
-from captionless3d.utils.cache import load_or_build
-from captionless3d.utils.threads import torch_threads
+from captionless3d.errors import ConfigError, DataError
 from captionless3d.teacher.openclip import OpenCLIPTeacher, create_teacher, load_model_config, register_model_config
 from captionless3d.utils.atomic import atomic_write_json, atomic_write_with
+from captionless3d.utils.cache import load_or_build
 from captionless3d.utils.manifest import load_manifest, stable_hash, write_manifest
+from captionless3d.utils.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,8 @@ def _other_domain(view: np.ndarray, render_views: int, k: int, rng: np.random.Ge
     return np.where(view < render_views, photo, render)
 
 
-def _manifest_key(data_fingerprint: str, model_name: str, cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, str]:
+def _manifest_key(data_fingerprint: str, model_name: str, cfg: Mapping[str, Any],
+                  hparams: Mapping[str, Any]) -> dict[str, str]:
     return {
         "data_fingerprint": str(data_fingerprint),
         "config_hash": stable_hash({"model_name": model_name, "model_config": dict(cfg), "train": dict(hparams)}),
@@ -298,7 +300,8 @@ def train_synthetic_teacher(
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 5 or images.shape[-1] != 3:
-        raise DataError(f"train_synthetic_teacher: images must be uint8 (M, K, H, W, 3), got {images.dtype} {images.shape}")
+        raise DataError(f"train_synthetic_teacher: images must be uint8 (M, K, H, W, 3), got {images.dtype} "
+                        f"{images.shape}")
     m, k = images.shape[:2]
     if len(captions) != m:
         raise DataError(f"train_synthetic_teacher: {m} objects of images but {len(captions)} caption lists")
@@ -344,7 +347,8 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
     weight_decay, warmup_frac, augment = hparams["weight_decay"], hparams["warmup_frac"], hparams["augment"]
     prefix_prob, word_dropout, seed, max_steps = (
         hparams["prefix_prob"], hparams["word_dropout"], hparams["seed"], hparams["max_steps"])
-    probs = np.asarray(hparams["image_weights"]) / np.sum(hparams["image_weights"]) if hparams.get("image_weights") else None
+    probs = (np.asarray(hparams["image_weights"]) / np.sum(hparams["image_weights"]) if hparams.get("image_weights")
+             else None)
     cross_domain, render_views = hparams.get("cross_domain_weight", 0.0), hparams.get("render_views", 0)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -369,7 +373,8 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup))),
+        lambda s: (s + 1) / warmup if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup))),
     )
     loss_fn = ClipLoss()
     bar = None
@@ -394,7 +399,8 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
                 x = _swap_white_background(x, swap, gen)
             if cross_domain > 0:
                 other = _other_domain(view, render_views, k, rng)
-                x = torch.cat([x, flat[torch.from_numpy(idx), torch.from_numpy(other)].permute(0, 3, 1, 2).float().div_(255.0)])
+                other_views = flat[torch.from_numpy(idx), torch.from_numpy(other)]
+                x = torch.cat([x, other_views.permute(0, 3, 1, 2).float().div_(255.0)])
             if augment:
                 x = _augment(x, gen)
             x = (x - mean) / std
@@ -426,7 +432,8 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
         bar.close()
     train_s = time.perf_counter() - t0
     ips = seen / max(train_s, 1e-9)
-    log.info("synthetic teacher: %d steps, %d images in %.1f s (%.1f images/s), final loss %.3f", step, seen, train_s, ips, last_loss)
+    log.info("synthetic teacher: %d steps, %d images in %.1f s (%.1f images/s), final loss %.3f", step, seen, train_s,
+             ips, last_loss)
 
     # --- save: checkpoint, config, manifest (last) ---------------------------------------------------------------
     model.eval()
@@ -454,8 +461,10 @@ def _train(images, *, cap_lists_in, out_dir, cfg, model_name, hparams, key, prog
     return out_dir
 
 
-def load_synthetic_teacher(out_dir: str | os.PathLike, *, key: Mapping[str, Any] | None = None, device: str = "cpu") -> OpenCLIPTeacher:
-    """Verify ``out_dir``'s manifest (``CacheError`` if stale/corrupt) and load the teacher via :func:`create_teacher`."""
+def load_synthetic_teacher(out_dir: str | os.PathLike, *, key: Mapping[str, Any] | None = None,
+                           device: str = "cpu") -> OpenCLIPTeacher:
+    """Verify ``out_dir``'s manifest (``CacheError`` if stale/corrupt) and load the teacher via
+    :func:`create_teacher`."""
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir, kind=MANIFEST_KIND, version=MANIFEST_VERSION, key=key)
     model_name = manifest.get("extra", {}).get("model_name", MODEL_NAME)
@@ -467,12 +476,14 @@ def load_synthetic_teacher(out_dir: str | os.PathLike, *, key: Mapping[str, Any]
 # ----------------------------------------------------------------------------------------------------------------
 # world -> teacher
 # ----------------------------------------------------------------------------------------------------------------
-def teacher_training_data(world: Any, split: str = "teacher", *, masked_photos: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+def teacher_training_data(world: Any, split: str = "teacher", *,
+                          masked_photos: bool = False) -> tuple[np.ndarray, list[list[str]]]:
     """Images ``(M, V+K[+K], H, W, 3)`` (views, then photos, then with ``masked_photos`` the photos with their
     background set to black) and captions of ``world``'s ``split`` objects."""
     idx = np.asarray(world.indices(split), dtype=np.int64)
     if len(idx) == 0:
-        raise DataError(f"{getattr(world, 'name', 'collection')}: no objects in split {split!r} to train the teacher on")
+        raise DataError(f"{getattr(world, 'name', 'collection')}: no objects in split {split!r} to train the teacher "
+                        "on")
     parts = [np.asarray(world.views[idx])]
     photos = getattr(world, "photos", None)
     if photos is not None and np.asarray(photos[idx[:1]]).shape[2:4] == parts[0].shape[2:4]:
@@ -486,7 +497,8 @@ def teacher_training_data(world: Any, split: str = "teacher", *, masked_photos: 
     return images, [list(world.captions[i]) for i in idx]
 
 
-def evaluate_teacher(teacher: Any, world: Any, split: str = "test", *, template: str = "a photo of {}", max_objects: int = 2000) -> dict[str, float]:
+def evaluate_teacher(teacher: Any, world: Any, split: str = "test", *, template: str = "a photo of {}",
+                     max_objects: int = 2000) -> dict[str, float]:
     """Zero-shot accuracy (percent) of ``teacher`` on one view and one photo per object of ``split``.
 
     Reports category accuracy, sub-type accuracy among all sub-types, sub-type accuracy within the true category,
@@ -501,13 +513,15 @@ def evaluate_teacher(teacher: Any, world: Any, split: str = "test", *, template:
     view_imgs = views[np.arange(len(idx)), np.arange(len(idx)) % v]  # one view per object, varying the angle
     out: dict[str, float] = {"objects": float(len(idx)), "chance_category": 100.0 / len(world.categories)}
     emb = teacher.encode_images(view_imgs, progress=False)
-    out["view_category_acc"] = zero_shot_accuracy(teacher, None, labels, world.categories, template=template, image_emb=emb)
+    out["view_category_acc"] = zero_shot_accuracy(teacher, None, labels, world.categories, template=template,
+                                                  image_emb=emb)
     photo_emb = None
     if getattr(world, "photos", None) is not None:
         photos = np.asarray(world.photos[idx])
         photo_imgs = photos[np.arange(len(idx)), np.arange(len(idx)) % photos.shape[1]]
         photo_emb = teacher.encode_images(photo_imgs, progress=False)
-        out["photo_category_acc"] = zero_shot_accuracy(teacher, None, labels, world.categories, template=template, image_emb=photo_emb)
+        out["photo_category_acc"] = zero_shot_accuracy(teacher, None, labels, world.categories, template=template,
+                                                       image_emb=photo_emb)
         masks = getattr(world, "masks", None)
         if masks is not None:
             mk = np.asarray(masks[idx])[np.arange(len(idx)), np.arange(len(idx)) % photos.shape[1]]
@@ -519,7 +533,8 @@ def evaluate_teacher(teacher: Any, world: Any, split: str = "test", *, template:
     if subtypes and (sub_ids >= 0).all():
         phrases = [subtype_phrase(s) for s in subtypes]
         text = teacher.encode_texts([template.format(_article(p)) for p in phrases], progress=False)
-        sub_cat = np.array([world.categories.index(s.split("/", 1)[0]) if "/" in s and s.split("/", 1)[0] in world.categories else -1 for s in subtypes])
+        sub_cat = np.array([world.categories.index(s.split("/", 1)[0])
+                            if "/" in s and s.split("/", 1)[0] in world.categories else -1 for s in subtypes])
         out["chance_subtype_all"] = 100.0 / len(subtypes)
         counts = np.array([(sub_cat == labels[i]).sum() for i in range(len(idx))])
         out["chance_subtype_within"] = float(np.mean(100.0 / np.maximum(counts, 1)))
@@ -549,8 +564,8 @@ def ensure_synthetic_teacher(
     """Load the synthetic teacher for ``world`` from ``out_root``, training it first if no matching manifest exists.
 
     The directory is ``out_root/<model_name>-<key hash>``; a file lock makes concurrent callers train it once. The
-    manifest key holds the fingerprint of the world's ``split`` (plus the image domains) and the config/hyper-parameter hash.
-    After training, zero-shot accuracy on ``eval_split`` is stored in the manifest's ``extra``.
+    manifest key holds the fingerprint of the world's ``split`` (plus the image domains) and the config/hyper-parameter
+    hash. After training, zero-shot accuracy on ``eval_split`` is stored in the manifest's ``extra``.
     """
     unknown = set(train_cfg) - set(DEFAULT_TRAIN) - {"seed", "max_steps"}
     if unknown:

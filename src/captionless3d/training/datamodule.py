@@ -13,7 +13,8 @@ With ``sampler=None`` (default) both loaders are exactly as before.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -173,7 +174,7 @@ class PointViewDataModule(L.LightningDataModule):
         *,
         priors: Sequence[Any] | None = None,
         neighbours: np.ndarray | None = None,
-    ) -> "PointViewDataModule":
+    ) -> PointViewDataModule:
         """Give the module its data: the collection and the ``(N, V, D)`` view embeddings of the feature store.
 
         For the hard-group sampler (``sampler`` set) also the mined neighbours: either ``priors`` (the prior stores;
@@ -194,7 +195,8 @@ class PointViewDataModule(L.LightningDataModule):
                 neighbours = np.asarray(neighbours, dtype=np.int64)
                 if neighbours.ndim != 2 or neighbours.shape[0] != n_train:
                     raise DataError(
-                        f"neighbours: expected ({n_train}, k) for the '{self.train_split}' split, got {neighbours.shape}"
+                        f"neighbours: expected ({n_train}, k) for the '{self.train_split}' split, got "
+                        f"{neighbours.shape}"
                     )
                 self.neighbours = neighbours
             elif priors:

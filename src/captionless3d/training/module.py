@@ -1,7 +1,8 @@
 """The LightningModule: PointNeXt student + projection head, trained with the weighted-denominator loss."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -90,7 +91,8 @@ class CaptionlessModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
 
-    def _raise_numerical(self, batch: dict[str, torch.Tensor], stage: str, loss: torch.Tensor, emb: torch.Tensor) -> None:
+    def _raise_numerical(self, batch: dict[str, torch.Tensor], stage: str, loss: torch.Tensor,
+                         emb: torch.Tensor) -> None:
         indices = batch["index"].tolist()
         bad_rows = (~torch.isfinite(emb)).any(dim=1).nonzero().flatten().tolist()
         names = [self.object_ids[i] for i in indices] if self.object_ids else indices

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -50,7 +51,8 @@ def seed_all(value: int) -> None:
 
 
 class ResumableLoader:
-    """A train loader whose batches are a function of ``(seed, epoch, batch index, rank)`` and that can resume mid-epoch.
+    """A train loader whose batches are a function of ``(seed, epoch, batch index, rank)`` and that can resume
+    mid-epoch.
 
     Wraps any sized iterable of batches (a ``DataLoader``). ``epoch_fn`` returns the current epoch when an epoch's first
     batch is requested (the Trainer's ``current_epoch``); without it, epochs are counted by ``__iter__`` calls.

@@ -1,8 +1,8 @@
 """Mining-aware batch sampler: batches that contain groups of mutual hard negatives (beyond the paper).
 
-The paper samples batches uniformly at random (docs/method.md, Beyond the paper); the hard negatives of an object are whichever
-same-category objects happen to land in its batch. :class:`HardGroupBatchSampler` instead fills a configurable share
-of every batch with *groups*: a seed object plus some of its mined top-k neighbours (most prior-similar objects of
+The paper samples batches uniformly at random (docs/method.md, Beyond the paper); the hard negatives of an object are
+whichever same-category objects happen to land in its batch. :class:`HardGroupBatchSampler` instead fills a configurable
+share of every batch with *groups*: a seed object plus some of its mined top-k neighbours (most prior-similar objects of
 the same category), in the spirit of OpenShape's KNN batches. The rest of the batch is filled with random objects.
 
 Epoch plan (identical on every rank; ``rng = default_rng([seed, epoch])``):
@@ -41,7 +41,8 @@ same plan for the same epoch. Lightning would also try to *replace* a custom bat
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,8 @@ SAMPLER_KEYS = ("group_size", "hard_fraction", "topk", "drop_last")
 _SAMPLER_DEFAULTS: dict[str, Any] = {"group_size": 4, "hard_fraction": 0.5, "topk": 16, "drop_last": True}
 
 
-def check_sampler_config(config: Mapping[str, Any], batch_size: int, prefix: str = "data.loader.sampler") -> dict[str, Any]:
+def check_sampler_config(config: Mapping[str, Any], batch_size: int,
+                         prefix: str = "data.loader.sampler") -> dict[str, Any]:
     """Validate and complete a sampler config (``group_size``, ``hard_fraction``, ``topk``, ``drop_last``).
 
     ConfigError (naming the key) on unknown keys or bad values. Returns a plain dict with every key.
@@ -73,11 +75,13 @@ def check_sampler_config(config: Mapping[str, Any], batch_size: int, prefix: str
     cfg = {**_SAMPLER_DEFAULTS, **dict(config)}
     group_size, topk, fraction = cfg["group_size"], cfg["topk"], cfg["hard_fraction"]
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 2:
-        raise ConfigError(f"{prefix}.group_size must be an integer >= 2 (a seed and at least one neighbour), got {group_size!r}")
+        raise ConfigError(f"{prefix}.group_size must be an integer >= 2 (a seed and at least one neighbour), got "
+                          f"{group_size!r}")
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise ConfigError(f"{prefix}.topk must be an integer >= 1, got {topk!r}")
     if topk < group_size - 1:
-        raise ConfigError(f"{prefix}.topk={topk} is smaller than group_size - 1 = {group_size - 1}: groups could never fill up")
+        raise ConfigError(f"{prefix}.topk={topk} is smaller than group_size - 1 = {group_size - 1}: groups could never "
+                          "fill up")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (0.0 <= float(fraction) <= 1.0):
         raise ConfigError(f"{prefix}.hard_fraction must be a number in [0, 1], got {fraction!r}")
     hard_slots = int(round(float(fraction) * batch_size))
@@ -88,13 +92,14 @@ def check_sampler_config(config: Mapping[str, Any], batch_size: int, prefix: str
         )
     if not isinstance(cfg["drop_last"], bool):
         raise ConfigError(f"{prefix}.drop_last must be true or false, got {cfg['drop_last']!r}")
-    return {"group_size": int(group_size), "hard_fraction": float(fraction), "topk": int(topk), "drop_last": cfg["drop_last"]}
+    return {"group_size": int(group_size), "hard_fraction": float(fraction), "topk": int(topk),
+            "drop_last": cfg["drop_last"]}
 
 
 class _EpochHook:
     """What Lightning sees as ``batch_sampler.sampler``: forwards ``set_epoch`` to the batch sampler."""
 
-    def __init__(self, owner: "HardGroupBatchSampler") -> None:
+    def __init__(self, owner: HardGroupBatchSampler) -> None:
         self._owner = owner
 
     def set_epoch(self, epoch: int) -> None:
@@ -135,18 +140,22 @@ class HardGroupBatchSampler(Sampler[list[int]]):
     ) -> None:
         if isinstance(neighbours, Sampler):
             raise ConfigError(
-                "HardGroupBatchSampler got a Sampler as its neighbours: Lightning tried to inject a DistributedSampler. "
-                "Set trainer.use_distributed_sampler=false (the hard-group sampler shards batches across ranks itself)"
+                "HardGroupBatchSampler got a Sampler as its neighbours: Lightning tried to inject a "
+                "DistributedSampler. Set trainer.use_distributed_sampler=false (the hard-group sampler shards batches "
+                "across ranks itself)"
             )
         nb = neighbours.detach().cpu().numpy() if isinstance(neighbours, torch.Tensor) else np.asarray(neighbours)
         if nb.ndim != 2 or not (np.issubdtype(nb.dtype, np.integer) or nb.size == 0):
-            raise DataError(f"HardGroupBatchSampler: neighbours must be an (n, k) integer array, got {nb.dtype} {nb.shape}")
+            raise DataError(f"HardGroupBatchSampler: neighbours must be an (n, k) integer array, got {nb.dtype} "
+                            f"{nb.shape}")
         nb = nb.astype(np.int64, copy=False)
         n = nb.shape[0]
         if nb.size and (nb.min() < -1 or nb.max() >= n):
-            raise DataError(f"HardGroupBatchSampler: neighbour positions must be in [-1, {n}), got [{nb.min()}, {nb.max()}]")
+            raise DataError(f"HardGroupBatchSampler: neighbour positions must be in [-1, {n}), got [{nb.min()}, "
+                            f"{nb.max()}]")
         check_sampler_config(
-            {"group_size": group_size, "hard_fraction": hard_fraction, "topk": max(1, group_size - 1), "drop_last": drop_last},
+            {"group_size": group_size, "hard_fraction": hard_fraction, "topk": max(1, group_size - 1),
+             "drop_last": drop_last},
             batch_size,
             prefix="HardGroupBatchSampler",
         )
@@ -164,8 +173,8 @@ class HardGroupBatchSampler(Sampler[list[int]]):
         total = (n // per_global if drop_last else math.ceil(n / per_global)) * num_replicas
         if total == 0:
             raise ConfigError(
-                f"data.batch_size={batch_size} x {num_replicas} ranks = {per_global} > {n} objects: no full batch per rank "
-                "with drop_last; lower data.batch_size (or set data.loader.sampler.drop_last=false)"
+                f"data.batch_size={batch_size} x {num_replicas} ranks = {per_global} > {n} objects: no full batch per "
+                "rank with drop_last; lower data.batch_size (or set data.loader.sampler.drop_last=false)"
             )
         self.n = n
         self.batch_size = int(batch_size)

@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,8 @@ def _make_temp(target: Path, error: type[Captionless3DError]) -> tuple[int, Path
 
 
 def _fail(target: Path, tmp: Path, exc: BaseException, error: type[Captionless3DError]) -> None:
-    """Remove the temp file; re-raise interrupts and our own errors as they are, wrap anything else naming ``target``."""
+    """Remove the temp file; re-raise interrupts and our own errors as they are, wrap anything else naming
+    ``target``."""
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     if isinstance(exc, (KeyboardInterrupt, SystemExit, Captionless3DError)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -33,7 +33,8 @@ def _resolve(num_threads: int | None) -> int:
     if num_threads is None:
         return auto_threads()
     if isinstance(num_threads, bool) or int(num_threads) < 0:
-        raise ConfigError(f"num_threads: expected a thread count >= 0 (0: unchanged) or null (auto), got {num_threads!r}")
+        raise ConfigError("num_threads: expected a thread count >= 0 (0: unchanged) or null (auto), got "
+                          f"{num_threads!r}")
     return int(num_threads) or torch.get_num_threads()
 
 

@@ -1,11 +1,11 @@
 """Reader collections go through the downstream stages that consume a ShapeCollection (feature store, datamodule)."""
 import numpy as np
 import torch
+from fixtures.formats import write_pix3d, write_ulip_shapenet
 
-from captionless3d.training.datamodule import PointViewDataModule
 from captionless3d.data.readers import read_pix3d, read_ulip_shapenet
 from captionless3d.teacher.features import build_feature_store
-from fixtures.formats import write_pix3d, write_ulip_shapenet
+from captionless3d.training.datamodule import PointViewDataModule
 
 
 class ColourTeacher:

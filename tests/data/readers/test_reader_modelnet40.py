@@ -2,10 +2,10 @@ import logging
 
 import numpy as np
 import pytest
+from fixtures.formats import MODELNET40_NAMES, write_modelnet40_dat, write_modelnet40_h5
 
 from captionless3d.data.readers import read_modelnet40
 from captionless3d.errors import ConfigError, DataError
-from fixtures.formats import MODELNET40_NAMES, write_modelnet40_dat, write_modelnet40_h5
 
 
 def _unit(points):
@@ -55,7 +55,8 @@ def test_dat_non_array_object(tmp_path):
         points[1] = "not an array"
 
     write_modelnet40_dat(tmp_path, n=3, n_points=64, mutate=mutate)
-    with pytest.raises(DataError, match=r"modelnet40_test_8192pts_fps\.dat item 1.*expected a numeric point array, got str"):
+    with pytest.raises(DataError,
+                       match=r"modelnet40_test_8192pts_fps\.dat item 1.*expected a numeric point array, got str"):
         read_modelnet40(tmp_path)
 
 

@@ -1,12 +1,17 @@
 import numpy as np
 import pytest
 import torch
+from fixtures.formats import write_nocaptions, write_ulip_shapenet
 
-from captionless3d.data.readers.nocaptions import (distance_matrices, export_nocaptions, load_nocaptions_priors,
-                                                   read_nocaptions, similarity_matrices)
+from captionless3d.data.readers.nocaptions import (
+    distance_matrices,
+    export_nocaptions,
+    load_nocaptions_priors,
+    read_nocaptions,
+    similarity_matrices,
+)
 from captionless3d.errors import DataError
 from captionless3d.mining.store import PriorStore
-from fixtures.formats import write_nocaptions, write_ulip_shapenet
 
 ANGLES = (0, 12, 24)
 

@@ -3,10 +3,10 @@ import os
 
 import numpy as np
 import pytest
+from fixtures.formats import write_openshape
 
 from captionless3d.data.readers import read_openshape, read_openshape_modelnet40
 from captionless3d.errors import DataError
-from fixtures.formats import write_openshape
 
 
 class Evil:

@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from fixtures.formats import PIX3D_CATEGORIES, write_pix3d
 
 from captionless3d.data.readers import LazyArray, read_pix3d
 from captionless3d.errors import ConfigError, DataError
-from fixtures.formats import PIX3D_CATEGORIES, write_pix3d
 
 
 def test_layout(tmp_path):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from fixtures.formats import SCANOBJECTNN_CLASSES, write_scanobjectnn_h5
 
 from captionless3d.data.readers import read_scanobjectnn
 from captionless3d.data.readers.scanobjectnn import CLASSES
 from captionless3d.errors import ConfigError, DataError
-from fixtures.formats import SCANOBJECTNN_CLASSES, write_scanobjectnn_h5
 
 
 def test_class_order():
@@ -53,7 +53,9 @@ def test_errors_and_skip_bad(tmp_path):
     assert len(col) == 3 and col.n_bad == 2 and "label 99 outside" in col.bad[1][1]
     with pytest.raises(DataError, match="has only 64 points, 100 requested"):
         read_scanobjectnn(tmp_path, n_points=100)
-    with pytest.raises(DataError, match=r"training_objectdataset_augmentedrot\.h5: ScanObjectNN PB_T50_R training file is missing"):
+    with pytest.raises(DataError,
+                       match=r"training_objectdataset_augmentedrot\.h5: ScanObjectNN PB_T50_R training file is "
+                             r"missing"):
         read_scanobjectnn(tmp_path, variant="PB_T50_R")
     with pytest.raises(ConfigError, match="unknown ScanObjectNN variant"):
         read_scanobjectnn(tmp_path, variant="hardest")

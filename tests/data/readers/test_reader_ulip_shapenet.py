@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from fixtures.formats import write_ulip_objaverse, write_ulip_shapenet
 
 from captionless3d.data.readers import LazyArray
 from captionless3d.data.readers.ulip_shapenet import paper_split, read_ulip_objaverse, read_ulip_shapenet
 from captionless3d.errors import ConfigError, DataError
-from fixtures.formats import write_ulip_objaverse, write_ulip_shapenet
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,8 @@ def test_errors(tmp_path):
     assert col.n_bad == 3 and len(col) == 3
     reasons = dict(col.bad)
     assert "NaN/Inf" in reasons[str(root / "shapenet_pc" / f"{a}.npy")]
-    assert f"{b}_r_012.png: view missing for {b} (1 of 2 views present)" in reasons[str(root / "shapenet_pc" / f"{b}.npy")]
+    reason = reasons[str(root / "shapenet_pc" / f"{b}.npy")]
+    assert f"{b}_r_012.png: view missing for {b} (1 of 2 views present)" in reason
     assert f"{c}_r_000.png: not a readable image" in reasons[str(root / "shapenet_pc" / f"{c}.npy")]
     # splits are computed before bad objects are dropped: the survivors keep their places
     assert (col.splits[col.labels == 1] == np.array(["train", "train", "val"])).all()

@@ -4,8 +4,13 @@ import pickle
 import numpy as np
 import pytest
 
-from captionless3d.data.safe_pickle import (check_npy_complete, safe_load_npy, safe_load_npy_object,
-                                            safe_load_pickle, safe_loads)
+from captionless3d.data.safe_pickle import (
+    check_npy_complete,
+    safe_load_npy,
+    safe_load_npy_object,
+    safe_load_pickle,
+    safe_loads,
+)
 from captionless3d.errors import DataError
 
 

@@ -121,8 +121,11 @@ def test_shapenet_train_frequencies_unbalance_only_the_train_split(tmp_path):
         assert skewed.split_fingerprint(split) == uniform.split_fingerprint(split)
         np.testing.assert_array_equal(skewed.points[skewed.indices(split)], uniform.points[uniform.indices(split)])
     assert skewed.split_fingerprint("train") != uniform.split_fingerprint("train")
-    # the first train objects of a category are the uniform world's objects
-    first = lambda w, c: [o for o in w.object_ids if o.startswith(f"{c}/train/")][:2]
+
+    def first(w, c):  # the first train objects of a category
+        return [o for o in w.object_ids if o.startswith(f"{c}/train/")][:2]
+
+    # they are the uniform world's objects
     assert first(skewed, "mug") == first(uniform, "mug")
     with pytest.raises(ConfigError, match="train_frequencies"):
         world.world_params(train_frequencies="zipf")

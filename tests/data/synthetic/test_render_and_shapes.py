@@ -38,7 +38,8 @@ def _sphere_item(center=(0, 0, 0), radius=0.8, tag=True, color=(0.8, 0.1, 0.1)):
     v, f, c = b.build()
     cam = orbit_camera(20, 30)
     vt, ft = torch.tensor(v, dtype=torch.float32), torch.tensor(f)
-    col = shade_faces(vt, ft, torch.tensor(c, dtype=torch.float32), torch.tensor(cam.eye), torch.tensor([0.0, 1.0, 0.0]), 0.4, 0.6)
+    col = shade_faces(vt, ft, torch.tensor(c, dtype=torch.float32), torch.tensor(cam.eye),
+                      torch.tensor([0.0, 1.0, 0.0]), 0.4, 0.6)
     return SceneItem(vt, ft, col, torch.full((len(f),), tag), cam), cam
 
 

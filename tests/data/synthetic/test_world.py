@@ -125,7 +125,8 @@ def test_deterministic_and_batch_independent(tmp_path, monkeypatch):
     assert a.name == b.name
     da, db = _digest(a), _digest(b)
     assert da == db
-    assert hashlib.sha256((a / "points.npy").read_bytes()).hexdigest() == hashlib.sha256((b / "points.npy").read_bytes()).hexdigest()
+    assert (hashlib.sha256((a / "points.npy").read_bytes()).hexdigest()
+            == hashlib.sha256((b / "points.npy").read_bytes()).hexdigest())
     c = build_world(tmp_path / "c", **{**small, "seed": small["seed"] + 1})
     assert _digest(c)["points.npy"] != da["points.npy"]
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,7 +259,8 @@ def normalise_cloud(xyz: np.ndarray, source: str) -> np.ndarray:
 
 def prepare_points(raw: Any, source: str, n_points: int | None, rng: np.random.Generator | None = None,
                    how: str = "random") -> np.ndarray:
-    """Validate a ``(P, >=3)`` array (xyz first), keep ``n_points`` of them and normalise. Raises DataError naming ``source``.
+    """Validate a ``(P, >=3)`` array (xyz first), keep ``n_points`` of them and normalise. Raises DataError naming
+    ``source``.
 
     ``how``: ``"random"`` (uniform without replacement, from ``rng``) or ``"first"`` (for FPS-ordered files).
     """
@@ -352,7 +354,8 @@ def resize_crop(img, size: int, resample):
     return img.crop((left, top, left + size, top + size))
 
 
-def load_rgb(path: str | os.PathLike, size: int, *, background: tuple[int, int, int] | None = (255, 255, 255)) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, size: int, *,
+             background: tuple[int, int, int] | None = (255, 255, 255)) -> np.ndarray:
     """Image → ``(size, size, 3)`` uint8: transparency composited on ``background``, shorter side resized to
     ``size`` (bicubic), centre-cropped. ``background=None`` drops alpha as ``PIL.convert('RGB')`` does (ULIP)."""
     from PIL import Image

@@ -20,9 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from captionless3d.data.readers.base import (Problems, ReaderCollection, check_n_points, files_fingerprint,
-                                              object_rng, prepare_points, read_lines, require_dir, require_file,
-                                              stack_points)
+from captionless3d.data.readers.base import (
+    Problems,
+    ReaderCollection,
+    check_n_points,
+    files_fingerprint,
+    object_rng,
+    prepare_points,
+    read_lines,
+    require_dir,
+    require_file,
+    stack_points,
+)
 from captionless3d.data.safe_pickle import safe_load_pickle
 from captionless3d.errors import ConfigError, DataError
 

@@ -21,13 +21,24 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from captionless3d.data.readers.base import (LazyArray, Problems, ReaderCollection, check_n_points, files_fingerprint,
-                                              object_rng, prepare_points, read_json, require_dir, stack_points)
+from captionless3d.data.readers.base import (
+    LazyArray,
+    Problems,
+    ReaderCollection,
+    check_n_points,
+    files_fingerprint,
+    object_rng,
+    prepare_points,
+    read_json,
+    require_dir,
+    stack_points,
+)
 from captionless3d.data.readers.ulip_shapenet import DROPPED_SYNSETS, ULIP_ANGLES, paper_split
 from captionless3d.data.safe_pickle import safe_load_npy
 from captionless3d.errors import ConfigError, DataError
@@ -46,7 +57,8 @@ def load_pth_tensor(path: Path) -> np.ndarray:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle globals, ... (torch raises many types)
-        raise DataError(f"{path}: unreadable .pth ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise DataError(f"{path}: unreadable .pth ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if not isinstance(obj, torch.Tensor):
         raise DataError(f"{path}: expected a tensor, found {type(obj).__name__}")
     return obj.detach().float().numpy()
@@ -99,7 +111,8 @@ def read_nocaptions(
     files: list[Path] = []
     if taxonomy is not None:
         tax = read_json(taxonomy, "ShapeNet taxonomy")
-        found = {str(t.get("synsetId")): str(t.get("name", "")).split(",")[0].strip() for t in tax if isinstance(t, dict)}
+        found = {str(t.get("synsetId")): str(t.get("name", "")).split(",")[0].strip()
+                 for t in tax if isinstance(t, dict)}
         names = {s: found.get(s, s) for s in keys}
         files.append(Path(taxonomy))
     splits = paper_split({s: [f"{s}-{m}" for m in v] for s, v in models.items()}, val_split, test_split)
@@ -119,7 +132,8 @@ def read_nocaptions(
                     cloud = None
                 emb = None
                 if emb_dir is not None:
-                    vecs = [load_pth_tensor(emb_dir / synset / model / f"{oid}_r_{a:03d}.pth").reshape(-1) for a in angles]
+                    vecs = [load_pth_tensor(emb_dir / synset / model / f"{oid}_r_{a:03d}.pth").reshape(-1)
+                            for a in angles]
                     if len({v.shape for v in vecs}) != 1:
                         raise DataError(f"{emb_dir / synset / model}: view embeddings have different sizes")
                     emb = np.stack(vecs)
@@ -139,7 +153,8 @@ def read_nocaptions(
     if emb_dir is not None and len({e.shape for e in embs}) > 1:
         raise DataError(f"{emb_dir}: view embeddings of different dimensions across objects")
     points: Any = (stack_points(clouds, sources, name) if points_in_memory else
-                   LazyArray(len(ids), (n_points, 3), np.float32, _Points(paths, ids, n_points, seed), f"{name} points"))
+                   LazyArray(len(ids), (n_points, 3), np.float32, _Points(paths, ids, n_points, seed),
+                             f"{name} points"))
     emb_files = ([emb_dir / o.split("-", 1)[0] / o.split("-", 1)[1] / f"{o}_r_{a:03d}.pth" for o in ids for a in angles]
                  if emb_dir is not None else [])
     params = {"reader": "nocaptions", "angles": angles, "n_points": n_points, "seed": int(seed),
@@ -239,7 +254,7 @@ def _groups(collection: Any) -> dict[str, list[int]]:
     """Synset → collection indices in sorted model order (the paper's matrix order)."""
     keys = list(getattr(collection, "category_keys", collection.categories))
     groups: dict[str, list[tuple[str, int]]] = {}
-    for i, oid in enumerate(collection.object_ids):
+    for i, _oid in enumerate(collection.object_ids):
         synset, model = synset_and_model(collection, i, keys)
         groups.setdefault(synset, []).append((model, i))
     return {s: [i for _, i in sorted(v)] for s, v in groups.items()}

@@ -15,14 +15,24 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from captionless3d.data.readers.base import (Problems, ReaderCollection, check_n_points, files_fingerprint,
-                                              object_rng, prepare_points, read_json, require_dir, require_file,
-                                              stack_points)
+from captionless3d.data.readers.base import (
+    Problems,
+    ReaderCollection,
+    check_n_points,
+    files_fingerprint,
+    object_rng,
+    prepare_points,
+    read_json,
+    require_dir,
+    require_file,
+    stack_points,
+)
 from captionless3d.data.readers.modelnet40 import CLASSES as MODELNET40_CLASSES
 from captionless3d.data.readers.modelnet40 import prompt_name
 from captionless3d.data.readers.ulip_shapenet import paper_split

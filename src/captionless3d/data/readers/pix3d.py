@@ -10,14 +10,26 @@ unit sphere, canonical pose. Several entries share a model: ``shape_ids[i]`` is 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from captionless3d.data.readers.base import (LazyArray, Problems, ReaderCollection, check_image, check_image_size,
-                                              files_fingerprint, load_mask, load_rgb, normalise_cloud, object_rng,
-                                              read_json, require_dir)
+from captionless3d.data.readers.base import (
+    LazyArray,
+    Problems,
+    ReaderCollection,
+    check_image,
+    check_image_size,
+    files_fingerprint,
+    load_mask,
+    load_rgb,
+    normalise_cloud,
+    object_rng,
+    read_json,
+    require_dir,
+)
 from captionless3d.errors import ConfigError, DataError
 
 CATEGORIES = ("bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe")
@@ -128,7 +140,8 @@ def read_pix3d(
         masks: Any = LazyArray(n, (1, image_size, image_size), bool,
                                lambda k: load_mask(rows[k]["mask"], image_size)[None], "pix3d masks")
     else:
-        photos = np.stack([r["photo"] for r in rows])[:, None] if n else np.zeros((0, 1, image_size, image_size, 3), np.uint8)
+        photos = (np.stack([r["photo"] for r in rows])[:, None] if n
+                  else np.zeros((0, 1, image_size, image_size, 3), np.uint8))
         masks = np.stack([r["pmask"] for r in rows])[:, None] if n else np.zeros((0, 1, image_size, image_size), bool)
     return ReaderCollection(
         name=name,

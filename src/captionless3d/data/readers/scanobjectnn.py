@@ -23,8 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from captionless3d.data.readers.base import (Problems, ReaderCollection, check_n_points, files_fingerprint,
-                                              object_rng, prepare_points, require_dir, stack_points)
+from captionless3d.data.readers.base import (
+    Problems,
+    ReaderCollection,
+    check_n_points,
+    files_fingerprint,
+    object_rng,
+    prepare_points,
+    require_dir,
+    stack_points,
+)
 from captionless3d.errors import ConfigError, DataError
 
 CLASSES = ("bag", "bin", "box", "cabinet", "chair", "desk", "display", "door", "shelf", "table", "bed", "pillow",

@@ -27,14 +27,28 @@ recorded as 0); ``merged_data.json`` captions ignored.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from captionless3d.data.readers.base import (LazyArray, Problems, ReaderCollection, check_image, check_image_size,
-                                              check_n_points, files_fingerprint, load_rgb, object_rng,
-                                              prepare_points, read_json, read_lines, require_dir, stack_points)
+from captionless3d.data.readers.base import (
+    LazyArray,
+    Problems,
+    ReaderCollection,
+    check_image,
+    check_image_size,
+    check_n_points,
+    files_fingerprint,
+    load_rgb,
+    object_rng,
+    prepare_points,
+    read_json,
+    read_lines,
+    require_dir,
+    stack_points,
+)
 from captionless3d.data.safe_pickle import check_npy_complete, safe_load_npy
 from captionless3d.errors import ConfigError, DataError
 
@@ -47,7 +61,8 @@ def paper_split(ids_by_group: Mapping[str, Sequence[str]], val_split: float = 0.
                 test_split: float = 0.0) -> dict[str, str]:
     """The paper's per-category split: ids sorted, first ``int(n*(1-val-test))`` train, last ``int(n*test)`` test."""
     if not (0 <= val_split < 1 and 0 <= test_split < 1 and val_split + test_split < 1):
-        raise ConfigError(f"val_split/test_split: need 0 <= val, test and val + test < 1, got {val_split}, {test_split}")
+        raise ConfigError(f"val_split/test_split: need 0 <= val, test and val + test < 1, got {val_split}, "
+                          f"{test_split}")
     out: dict[str, str] = {}
     for ids in ids_by_group.values():
         ordered = sorted(ids)
@@ -60,7 +75,8 @@ def paper_split(ids_by_group: Mapping[str, Sequence[str]], val_split: float = 0.
 
 
 def load_cloud_file(path: Path) -> np.ndarray:
-    """A point file: ``.npy`` (plain array, no pickles) or ``.npz`` (``arr_0``, np.savez default). DataError on problems."""
+    """A point file: ``.npy`` (plain array, no pickles) or ``.npz`` (``arr_0``, np.savez default). DataError on
+    problems."""
     if not path.is_file():
         raise DataError(f"{path}: point-cloud file is missing")
     if path.suffix == ".npz":
@@ -127,7 +143,8 @@ def _bg(background: Any) -> tuple[int, int, int] | None:
 
 def _build(
     *, name: str, root: Path, ids: list[str], labels: list[int], categories: list[str], category_keys: list[str],
-    splits: dict[str, str], cloud_paths: list[Path], view_paths: list[list[Path]], view_angles: list[tuple[float, float]],
+    splits: dict[str, str], cloud_paths: list[Path], view_paths: list[list[Path]],
+    view_angles: list[tuple[float, float]],
     extra_files: list[Path], params: dict[str, Any], n_points: int | None, image_size: int, background: Any,
     seed: int, points_in_memory: bool, check_images: bool, problems: Problems, fingerprint: str,
     expected_views: int, extra: dict[str, Any] | None = None,
@@ -165,7 +182,8 @@ def _build(
     else:
         if n_points is None:
             raise ConfigError("n_points: points_in_memory=false needs a fixed n_points")
-        points = LazyArray(n, (n_points, 3), np.float32, _Points(keep_cpaths, keep_ids, n_points, seed), f"{name} points")
+        points = LazyArray(n, (n_points, 3), np.float32, _Points(keep_cpaths, keep_ids, n_points, seed),
+                           f"{name} points")
     views = LazyArray(n, (expected_views, image_size, image_size, 3), np.uint8,
                       _Views(keep_vpaths, image_size, _bg(background)), f"{name} views")
     files = extra_files + keep_cpaths + [p for vp in keep_vpaths for p in vp]

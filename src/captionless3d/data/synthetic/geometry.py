@@ -6,8 +6,8 @@ parts costs well under a millisecond. Convention: y is up, the canonical front f
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def lathe(profile: Sequence[tuple[float, float]], sections: int = 16) -> tuple[n
     return np.concatenate(verts), np.concatenate(faces).astype(np.int64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _box() -> tuple[np.ndarray, np.ndarray]:
     v = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], dtype=np.float64)
     f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
@@ -61,24 +61,24 @@ def _box() -> tuple[np.ndarray, np.ndarray]:
     return v, f
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cylinder(sections: int = 12) -> tuple[np.ndarray, np.ndarray]:
     """Unit cylinder, radius 1, from y=0 to y=1."""
     return lathe([(0, 0), (1, 0), (1, 1), (0, 1)], sections)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cone(sections: int = 14) -> tuple[np.ndarray, np.ndarray]:
     return lathe([(0, 0), (1, 0), (0, 1)], sections)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sphere(rings: int = 8, sections: int = 14) -> tuple[np.ndarray, np.ndarray]:
     t = np.linspace(0, np.pi, rings + 1)
     return lathe([(float(np.sin(a)), float(-np.cos(a))) for a in t], sections)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _torus(major_sections: int, minor_sections: int, arc: float) -> tuple[np.ndarray, np.ndarray]:
     """Angle table (cos u, cos w, sin u, sin w) and faces of a (partial) torus; radii are applied by the caller."""
     closed = arc >= 1.0
@@ -139,7 +139,7 @@ class MeshBuilder:
         self._c: list[np.ndarray] = []
         self._n = 0
 
-    def add(self, v: np.ndarray, f: np.ndarray, color: Color) -> "MeshBuilder":
+    def add(self, v: np.ndarray, f: np.ndarray, color: Color) -> MeshBuilder:
         self._v.append(np.asarray(v, dtype=np.float64))
         self._f.append(f + self._n)
         self._c.append(np.broadcast_to(np.asarray(color, dtype=np.float64), (len(f), 3)))

@@ -191,7 +191,8 @@ class SceneItem:
     background: torch.Tensor | None = None  # (H,W,3) float32 in [0,1]; None = plain white
 
 
-def render_scenes(items: list[SceneItem], height: int, width: int, supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def render_scenes(items: list[SceneItem], height: int, width: int,
+                  supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Render every item in one rasterisation pass.
 
     Returns (images float32 (B,H,W,3) in [0,1], masks bool (B,H,W)); the mask marks pixels where the object itself

@@ -165,7 +165,8 @@ def _rot_y(a: float) -> list[list[float]]:
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Random gradient + optional stripes / checker + low-frequency blotches, float32 (H,W,3) in [0,1]."""
-    yy, xx = np.meshgrid(np.linspace(0, 1, size, dtype=np.float32), np.linspace(0, 1, size, dtype=np.float32), indexing="ij")
+    yy, xx = np.meshgrid(np.linspace(0, 1, size, dtype=np.float32), np.linspace(0, 1, size, dtype=np.float32),
+                         indexing="ij")
     c0, c1 = rng.uniform(0.05, 0.95, 3), rng.uniform(0.05, 0.95, 3)
     a = rng.uniform(0, 2 * math.pi)
     t = np.clip(0.5 + (xx - 0.5) * math.cos(a) + (yy - 0.5) * math.sin(a), 0, 1)[..., None]
@@ -181,7 +182,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         chk = ((np.floor(xx * n) + np.floor(yy * n)) % 2)[..., None]
         img = img * (1 - rng.uniform(0.1, 0.35) * chk)
     blot = rng.uniform(-1, 1, (1, 3, 6, 6)).astype(np.float32)
-    blot = F.interpolate(torch.from_numpy(blot), size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    blot = F.interpolate(torch.from_numpy(blot), size=(size, size), mode="bilinear",
+                         align_corners=False)[0].permute(1, 2, 0).numpy()
     img = img + rng.uniform(0.03, 0.15) * blot + rng.normal(0, rng.uniform(0.01, 0.05), img.shape)
     return np.clip(img, 0, 1).astype(np.float32)
 
@@ -214,7 +216,8 @@ def photo_items(obj: ObjectSpec, n_photos: int, image_size: int) -> list[SceneIt
         floor_y = float(v_obj[:, 1].min())
         if rng.random() < 0.6:  # a floor / table surface under the object
             fv = np.array([[-6, floor_y, -6], [6, floor_y, -6], [6, floor_y, 6], [-6, floor_y, 6]], float)
-            add(fv, np.array([[0, 1, 2], [0, 2, 3]]), np.clip(_FLOOR_COLORS[rng.integers(len(_FLOOR_COLORS))] + rng.uniform(-0.1, 0.1, 3), 0, 1))
+            add(fv, np.array([[0, 1, 2], [0, 2, 3]]),
+                np.clip(_FLOOR_COLORS[rng.integers(len(_FLOOR_COLORS))] + rng.uniform(-0.1, 0.1, 3), 0, 1))
         for _k in range(rng.integers(1, 5)):  # clutter around the object
             ang = rng.uniform(0, 2 * math.pi)
             rad = rng.uniform(1.3, 2.6)
@@ -225,8 +228,9 @@ def photo_items(obj: ObjectSpec, n_photos: int, image_size: int) -> list[SceneIt
         if rng.random() < 0.35:  # partial occluder between the camera and the object
             basis = cam.basis()
             t = rng.uniform(0.35, 0.6)
-            c = eye + t * (np.asarray(cam.target) - eye) + basis[0] * rng.choice([-1, 1]) * rng.uniform(0.15, 0.35) * (1 - t) * 2 \
-                + basis[1] * rng.uniform(-0.3, 0.1) * (1 - t) * 2
+            c = (eye + t * (np.asarray(cam.target) - eye)
+                 + basis[0] * rng.choice([-1, 1]) * rng.uniform(0.15, 0.35) * (1 - t) * 2
+                 + basis[1] * rng.uniform(-0.3, 0.1) * (1 - t) * 2)
             cv, cf = _clutter_mesh(rng, c, rng.uniform(0.12, 0.25) * (1 - t) * 2)
             add(cv, cf, rng.uniform(0.05, 0.95, 3))
         v = torch.as_tensor(np.concatenate(verts), dtype=torch.float32)

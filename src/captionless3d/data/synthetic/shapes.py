@@ -8,8 +8,8 @@ the sampled parameters. All randomness goes through ``p`` so that near-duplicate
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -199,7 +199,8 @@ def gen_table(p: Params, b: MeshBuilder, st: int) -> dict:
         w, d, h = p.u("width", 1.0, 1.8), p.u("depth", 0.6, 0.9), p.u("height", 0.70, 0.78)
         th = p.u("top_thickness", 0.03, 0.06)
         b.box((0, h - th / 2, 0), (w, th, d), col)
-        _legs(b, w / 2 - 0.06, d / 2 - 0.06, 0, h - th, p.u("leg_radius", 0.025, 0.045), leg, square=p.flag("square_legs"))
+        _legs(b, w / 2 - 0.06, d / 2 - 0.06, 0, h - th, p.u("leg_radius", 0.025, 0.045), leg,
+              square=p.flag("square_legs"))
         if p.flag("apron", 0.5):
             b.box((0, h - th - 0.04, d / 2 - 0.06), (w - 0.12, 0.08, 0.02), col)
             b.box((0, h - th - 0.04, -d / 2 + 0.06), (w - 0.12, 0.08, 0.02), col)
@@ -305,7 +306,8 @@ def gen_bed(p: Params, b: MeshBuilder, st: int) -> dict:
         bunk(gap)
         for sx in (-1, 1):
             for sz in (-1, 1):
-                b.box((sx * (w / 2 + 0.03), (fh + gap + 0.35) / 2, sz * (L / 2 + 0.03)), (0.06, fh + gap + 0.35, 0.06), col)
+                b.box((sx * (w / 2 + 0.03), (fh + gap + 0.35) / 2, sz * (L / 2 + 0.03)), (0.06, fh + gap + 0.35, 0.06),
+                      col)
         for sz in (-1, 1):
             b.box((0, fh + gap + 0.25, sz * (L / 2 + 0.03)), (w, 0.05, 0.04), col)
         x = w / 2 + 0.06
@@ -514,7 +516,8 @@ def gen_bottle(p: Params, b: MeshBuilder, st: int) -> dict:
         for k in range(ribs):
             y = H * (0.3 + 0.2 * k)
             prof += [(R, y - 0.01), (R * 0.9, y), (R, y + 0.01)]
-        prof += [(R, H)] + [(nr + (R - nr) * math.cos(a), H + R * 0.7 * math.sin(a)) for a in np.linspace(0.3, math.pi / 2, 4)]
+        prof += [(R, H)] + [(nr + (R - nr) * math.cos(a), H + R * 0.7 * math.sin(a))
+                            for a in np.linspace(0.3, math.pi / 2, 4)]
         top = H + R * 0.7
         prof += [(nr, top + nl), (0, top + nl)]
         b.lathe(prof, (0, 0, 0), col, sections=16)
@@ -565,11 +568,13 @@ def gen_bowl(p: Params, b: MeshBuilder, st: int) -> dict:
     foot = R * (p.u("foot", 0.35, 0.5) if st == 2 else 0.4)
     fh = R * (p.u("foot_height", 0.15, 0.3) if st == 2 else 0.03)
     n = 6
-    outer = [(foot + (R - foot) * math.sin(a * math.pi / 2), fh + depth * (1 - math.cos(a * math.pi / 2))) for a in np.linspace(0, 1, n)]
+    outer = [(foot + (R - foot) * math.sin(a * math.pi / 2), fh + depth * (1 - math.cos(a * math.pi / 2)))
+             for a in np.linspace(0, 1, n)]
     inner = [(max(r - t, 0.001), y + t) for r, y in reversed(outer)]
     prof = [(0, 0), (foot * 0.9, 0), (foot * 0.9, fh * 0.9)] + outer + inner + [(0, fh + t)]
     b.lathe(prof, (0, 0, 0), col, sections=20)
-    feats = [["a shallow rim", "a wide opening"], ["deep sides", "a round body"], ["a raised foot", "a pedestal base"]][st]
+    feats = [["a shallow rim", "a wide opening"], ["deep sides", "a round body"],
+             ["a raised foot", "a pedestal base"]][st]
     if p.flag("food", 0.3):
         _, fc = p.color("food_color", ["orange", "red", "green", "yellow"])
         for k in range(3):
@@ -581,23 +586,28 @@ def gen_bowl(p: Params, b: MeshBuilder, st: int) -> dict:
 
 def gen_vase(p: Params, b: MeshBuilder, st: int) -> dict:
     cname, col = p.color("color", BRIGHT + NEUTRAL + ["navy", "gold"])
-    H, R = [(p.u("height", 0.28, 0.45), p.u("radius", 0.045, 0.07)), (p.u("height", 0.18, 0.28), p.u("radius", 0.04, 0.06)),
+    H, R = [(p.u("height", 0.28, 0.45), p.u("radius", 0.045, 0.07)),
+            (p.u("height", 0.18, 0.28), p.u("radius", 0.04, 0.06)),
             (p.u("height", 0.32, 0.45), p.u("radius", 0.08, 0.11))][st]
     feats: list[str] = []
     if st == 0:  # cylinder
         flare = p.u("lip_flare", 1.0, 1.3)
-        prof = [(0, 0), (R, 0), (R, H * 0.95), (R * flare, H), (R * flare - 0.008, H), (R - 0.008, H * 0.9), (0, H * 0.9)]
+        prof = [(0, 0), (R, 0), (R, H * 0.95), (R * flare, H), (R * flare - 0.008, H), (R - 0.008, H * 0.9),
+                (0, H * 0.9)]
         feats.append("straight cylindrical sides")
     elif st == 1:  # bulb
         nr = R * p.u("neck_ratio", 0.3, 0.5)
         bulb = R * p.u("bulb", 1.9, 2.5)
-        prof = [(0, 0), (R * 0.7, 0)] + [(R * 0.7 + (bulb - R * 0.7) * math.sin(a), H * 0.35 * (1 - math.cos(a))) for a in np.linspace(0.2, math.pi / 2, 4)]
-        prof += [(nr + (bulb - nr) * math.cos(a), H * 0.35 + H * 0.35 * math.sin(a)) for a in np.linspace(0.2, math.pi / 2, 4)]
+        prof = [(0, 0), (R * 0.7, 0)] + [(R * 0.7 + (bulb - R * 0.7) * math.sin(a), H * 0.35 * (1 - math.cos(a)))
+                                         for a in np.linspace(0.2, math.pi / 2, 4)]
+        prof += [(nr + (bulb - nr) * math.cos(a), H * 0.35 + H * 0.35 * math.sin(a))
+                 for a in np.linspace(0.2, math.pi / 2, 4)]
         prof += [(nr, H * 0.95), (nr * 1.3, H), (nr * 1.3 - 0.006, H), (0, H * 0.85)]
         feats += ["a round bulbous body", "a narrow neck"]
     else:  # amphora with two handles
         nr = R * p.u("neck_ratio", 0.4, 0.6)
-        prof = [(0, 0), (R * 0.5, 0), (R * 1.3, H * 0.4), (R * 1.1, H * 0.6), (nr, H * 0.8), (nr, H * 0.95), (nr * 1.4, H),
+        prof = [(0, 0), (R * 0.5, 0), (R * 1.3, H * 0.4), (R * 1.1, H * 0.6), (nr, H * 0.8), (nr, H * 0.95),
+                (nr * 1.4, H),
                 (nr * 1.4 - 0.006, H), (0, H * 0.85)]
         for sx in (-1, 1):
             b.torus((sx * (nr + R * 0.35), H * 0.78, 0), R * 0.3, 0.008, col, rot=rot_x(math.pi / 2), arc=1.0,
@@ -624,31 +634,35 @@ def gen_airplane(p: Params, b: MeshBuilder, st: int) -> dict:
     feats: list[str] = []
     L = p.u("length", 1.0, 1.4)
     R = L * (p.u("fuselage_ratio", 0.045, 0.065) if st != 1 else p.u("fuselage_ratio", 0.04, 0.055))
-    prof = [(0, -L / 2), (R * 0.5, -L / 2 + R * 0.4), (R, -L / 2 + R * 2), (R, L / 2 - 3 * R), (R * 0.3, L / 2), (0, L / 2)]
-    nose = np.array([0, 0, 1.0])
+    prof = [(0, -L / 2), (R * 0.5, -L / 2 + R * 0.4), (R, -L / 2 + R * 2), (R, L / 2 - 3 * R), (R * 0.3, L / 2),
+            (0, L / 2)]
     # fuselage along z (nose at +z)
     b.lathe(prof, (0, 0, 0), col, rot=rot_x(math.pi / 2), sections=12)
     if st == 0:  # airliner
         span = L * p.u("span_ratio", 0.9, 1.1)
         sweep = p.u("sweep", 0.15, 0.3) * span / 2
         for sx in (-1, 1):
-            wing = [(0, 0, 0.1 * L), (sx * span / 2, 0, 0.1 * L - sweep), (sx * span / 2, 0, 0.1 * L - sweep - 0.06 * L), (0, 0, -0.1 * L)]
+            wing = [(0, 0, 0.1 * L), (sx * span / 2, 0, 0.1 * L - sweep),
+                    (sx * span / 2, 0, 0.1 * L - sweep - 0.06 * L), (0, 0, -0.1 * L)]
             _quad_wing(b, wing, 0.012 * L, col)
             ex = sx * span * p.u("engine_pos", 0.2, 0.3)
             b.cylinder((ex, -R * 1.2, 0.08 * L - sweep * abs(ex) / (span / 2) * 0.9),
                        (ex, -R * 1.2, -0.05 * L - sweep * abs(ex) / (span / 2)), R * 0.45, acc, sections=10)
         hspan = span * 0.35
         for sx in (-1, 1):
-            _quad_wing(b, [(0, 0, -L / 2 + 0.12 * L), (sx * hspan / 2, 0, -L / 2 + 0.04 * L), (sx * hspan / 2, 0, -L / 2 + 0.01 * L), (0, 0, -L / 2 + 0.02 * L)], 0.008 * L, col)
+            _quad_wing(b, [(0, 0, -L / 2 + 0.12 * L), (sx * hspan / 2, 0, -L / 2 + 0.04 * L),
+                           (sx * hspan / 2, 0, -L / 2 + 0.01 * L), (0, 0, -L / 2 + 0.02 * L)], 0.008 * L, col)
         b.box((0, R + 0.08 * L, -L / 2 + 0.08 * L), (0.01 * L, 0.16 * L, 0.12 * L), acc, rot=rot_x(-0.4))
         feats += ["two jet engines", "swept wings", "a tall tail fin"]
     elif st == 1:  # fighter delta
         span = L * p.u("span_ratio", 0.55, 0.75)
         for sx in (-1, 1):
-            _quad_wing(b, [(0, 0, 0.2 * L), (sx * span / 2, 0, -0.3 * L), (sx * span / 2, 0, -0.38 * L), (0, 0, -0.38 * L)], 0.01 * L, col)
+            _quad_wing(b, [(0, 0, 0.2 * L), (sx * span / 2, 0, -0.3 * L), (sx * span / 2, 0, -0.38 * L),
+                           (0, 0, -0.38 * L)], 0.01 * L, col)
         twin = p.flag("twin_tail", 0.5)
         for sx in ((-1, 1) if twin else (0,)):
-            b.box((sx * R * 1.2, R + 0.06 * L, -0.36 * L), (0.008 * L, 0.12 * L, 0.1 * L), col, rot=rot_z(sx * 0.3) @ rot_x(-0.5))
+            b.box((sx * R * 1.2, R + 0.06 * L, -0.36 * L), (0.008 * L, 0.12 * L, 0.1 * L), col,
+                  rot=rot_z(sx * 0.3) @ rot_x(-0.5))
         b.ellipsoid((0, R * 0.8, 0.22 * L), (R * 0.6, R * 0.6, R * 2.5), acc)
         b.cylinder((0, 0, -L / 2 - 0.02 * L), (0, 0, -L / 2 + 0.02), R * 0.8, (0.2, 0.2, 0.2), sections=10)
         feats += ["delta wings", "a bubble canopy", "twin tail fins" if twin else "a single tail fin"]
@@ -660,13 +674,17 @@ def gen_airplane(p: Params, b: MeshBuilder, st: int) -> dict:
             b.box((0, y, 0.15 * L), (span, 0.015 * L, chord), acc if y > 0 else col)
         for sx in (-1, 1):
             for dz in (-chord * 0.3, chord * 0.3):
-                b.cylinder((sx * span * 0.35, -R * 0.5, 0.15 * L + dz), (sx * span * 0.35, -R * 0.5 + gap, 0.15 * L + dz), 0.006 * L, (0.3, 0.2, 0.1), sections=4)
-        b.box((0, 0, L / 2 + 0.005), (0.3 * L, 0.03 * L, 0.01 * L), (0.3, 0.2, 0.1), rot=rot_z(p.u("prop_angle", 0, 3.14)))
+                b.cylinder((sx * span * 0.35, -R * 0.5, 0.15 * L + dz),
+                           (sx * span * 0.35, -R * 0.5 + gap, 0.15 * L + dz), 0.006 * L, (0.3, 0.2, 0.1), sections=4)
+        b.box((0, 0, L / 2 + 0.005), (0.3 * L, 0.03 * L, 0.01 * L), (0.3, 0.2, 0.1),
+              rot=rot_z(p.u("prop_angle", 0, 3.14)))
         b.box((0, 0, -L / 2 + 0.06 * L), (0.3 * L, 0.01 * L, 0.08 * L), col)
         b.box((0, R + 0.05 * L, -L / 2 + 0.06 * L), (0.01 * L, 0.1 * L, 0.08 * L), acc)
         for sx in (-1, 1):
-            b.cylinder((sx * 0.08 * L, -R * 2.5, 0.2 * L), (sx * 0.02 * L, -R * 0.5, 0.2 * L), 0.005 * L, (0.2, 0.2, 0.2), sections=4)
-            b.cylinder((sx * 0.08 * L, -R * 2.5, 0.2 * L - 0.02 * L), (sx * 0.08 * L, -R * 2.5, 0.2 * L + 0.02 * L), 0.04 * L, (0.1, 0.1, 0.1), sections=10)
+            b.cylinder((sx * 0.08 * L, -R * 2.5, 0.2 * L), (sx * 0.02 * L, -R * 0.5, 0.2 * L), 0.005 * L,
+                       (0.2, 0.2, 0.2), sections=4)
+            b.cylinder((sx * 0.08 * L, -R * 2.5, 0.2 * L - 0.02 * L), (sx * 0.08 * L, -R * 2.5, 0.2 * L + 0.02 * L),
+                       0.04 * L, (0.1, 0.1, 0.1), sections=10)
         feats += ["two stacked wings", "a front propeller", "fixed landing wheels"]
     return {"color": cname, "features": feats, "size": _size(L, 1.0, 1.4, ("small", "medium", "large"))}
 
@@ -683,7 +701,8 @@ def _quad_wing(b: MeshBuilder, corners, thickness: float, color) -> None:
 
 
 def gen_car(p: Params, b: MeshBuilder, st: int) -> dict:
-    cname, col = p.color("color", ["red", "blue", "white", "black", "silver", "gray", "yellow", "green", "navy", "orange"])
+    cname, col = p.color("color",
+                         ["red", "blue", "white", "black", "silver", "gray", "yellow", "green", "navy", "orange"])
     L, W = p.u("length", 3.8, 4.8), p.u("width", 1.6, 1.9)
     hb = p.u("body_height", 0.55, 0.75)
     clear, wr = 0.18, p.u("wheel_radius", 0.3, 0.38)
@@ -718,7 +737,8 @@ def gen_car(p: Params, b: MeshBuilder, st: int) -> dict:
         for sz in (-1, 1):
             z = sz * (L / 2 - 0.75)
             b.cylinder((sx * (W / 2 - 0.12), wr, z), (sx * (W / 2 + 0.03), wr, z), wr, (0.08, 0.08, 0.08), sections=14)
-            b.cylinder((sx * (W / 2 + 0.03), wr, z), (sx * (W / 2 + 0.035), wr, z), wr * 0.55, (0.7, 0.7, 0.72), sections=10)
+            b.cylinder((sx * (W / 2 + 0.03), wr, z), (sx * (W / 2 + 0.035), wr, z), wr * 0.55, (0.7, 0.7, 0.72),
+                       sections=10)
     for sx in (-1, 1):
         b.box((sx * W * 0.35, clear + hb * 0.7, L / 2 + 0.005), (0.25, 0.1, 0.02), (1.0, 0.95, 0.75))
         b.box((sx * W * 0.38, clear + hb * 0.7, -L / 2 - 0.005), (0.2, 0.08, 0.02), (0.8, 0.05, 0.05))
@@ -776,7 +796,8 @@ def gen_guitar(p: Params, b: MeshBuilder, st: int) -> dict:
     if st == 0:
         b.cylinder((0, 0.2, -t / 2), (0, 0.2, t / 2), R1, col, sections=20)
         b.cylinder((0, 0.2 + R1 + R2 * 0.6, -t / 2), (0, 0.2 + R1 + R2 * 0.6, t / 2), R2, col, sections=18)
-        b.cylinder((0, 0.25 + R1 * 0.55, t / 2), (0, 0.25 + R1 * 0.55, t / 2 + 0.002), 0.045, (0.05, 0.05, 0.05), sections=14)
+        b.cylinder((0, 0.25 + R1 * 0.55, t / 2), (0, 0.25 + R1 * 0.55, t / 2 + 0.002), 0.045, (0.05, 0.05, 0.05),
+                   sections=14)
         feats += ["a round sound hole", "a hollow body"]
         top = 0.2 + R1 + R2 * 1.5
     else:
@@ -823,7 +844,8 @@ def gen_rocket(p: Params, b: MeshBuilder, st: int) -> dict:
     else:
         b.cylinder((0, 0, 0), (0, H, 0), R, col, sections=16)
         if p.flag("ogive", 0.5):
-            b.lathe([(R * math.cos(a), H + nose * math.sin(a)) for a in np.linspace(0, math.pi / 2, 6)] + [(0, H + nose)], (0, 0, 0), acc, sections=16)
+            b.lathe([(R * math.cos(a), H + nose * math.sin(a)) for a in np.linspace(0, math.pi / 2, 6)]
+                    + [(0, H + nose)], (0, 0, 0), acc, sections=16)
         else:
             b.cone((0, H, 0), (0, H + nose, 0), R, acc, sections=16)
         b.cylinder((0, H * 0.7, 0), (0, H * 0.72, 0), R * 1.01, acc, sections=16)
@@ -842,11 +864,13 @@ def gen_rocket(p: Params, b: MeshBuilder, st: int) -> dict:
             for k in range(nf):
                 a = 2 * math.pi * k / nf
                 c = np.array([math.cos(a), 0, math.sin(a)])
-                pts = [c * R * 0.9, c * (R + fh) - [0, 0.05, 0], c * (R + fh * 0.8) + [0, fh * 0.6, 0], c * R * 0.9 + [0, fh * 1.6, 0]]
+                pts = [c * R * 0.9, c * (R + fh) - [0, 0.05, 0], c * (R + fh * 0.8) + [0, fh * 0.6, 0],
+                       c * R * 0.9 + [0, fh * 1.6, 0]]
                 v = np.array([[q[0], q[1], q[2]] for q in pts])
                 tang = np.array([-math.sin(a), 0, math.cos(a)]) * 0.008
                 vv = np.concatenate([v + tang, v - tang])
-                f = np.array([[0, 1, 2], [0, 2, 3], [4, 6, 5], [4, 7, 6], [0, 4, 5], [0, 5, 1], [1, 5, 6], [1, 6, 2], [2, 6, 7], [2, 7, 3], [3, 7, 4], [3, 4, 0]])
+                f = np.array([[0, 1, 2], [0, 2, 3], [4, 6, 5], [4, 7, 6], [0, 4, 5], [0, 5, 1], [1, 5, 6], [1, 6, 2],
+                              [2, 6, 7], [2, 7, 3], [3, 7, 4], [3, 4, 0]])
                 b.add(vv, f, acc)
             feats.append(f"{NUM[nf]} tail fins")
     b.frustum((0, -0.08, 0), (0, 0.0, 0), R * 0.7, R * 0.5, (0.25, 0.25, 0.25), sections=12)
@@ -867,7 +891,8 @@ def gen_tower(p: Params, b: MeshBuilder, st: int) -> dict:
             y = H * (k + 0.6) / (n + 0.5)
             b.box((0, y, R - 0.01), (0.08, 0.14, 0.04), (0.1, 0.1, 0.12))
         if p.flag("dome", 0.5):
-            b.lathe([(R * 1.05 * math.cos(a), H + R * math.sin(a)) for a in np.linspace(0, math.pi / 2, 6)] + [(0, H + R)], (0, 0, 0), acc, sections=18)
+            b.lathe([(R * 1.05 * math.cos(a), H + R * math.sin(a)) for a in np.linspace(0, math.pi / 2, 6)]
+                    + [(0, H + R)], (0, 0, 0), acc, sections=18)
             feats.append("a dome roof")
         else:
             b.cylinder((0, H, 0), (0, H + 0.08, 0), R * 1.1, col, sections=18)
@@ -916,10 +941,12 @@ def gen_mushroom(p: Params, b: MeshBuilder, st: int) -> dict:
         return np.asarray(top), capr * scale, flat
 
     if st == 0:  # button: round cap, short stem
-        geo = one(0, 0, 1.0, p.u("cap_flatness", 0.7, 1.0), p.u("cap_radius", 0.12, 0.18), p.u("stem_height", 0.1, 0.18), 0.0)
+        geo = one(0, 0, 1.0, p.u("cap_flatness", 0.7, 1.0), p.u("cap_radius", 0.12, 0.18),
+                  p.u("stem_height", 0.1, 0.18), 0.0)
         feats += ["a rounded cap", "a short stem"]
     elif st == 1:  # parasol: wide flat cap, tall stem
-        geo = one(0, 0, 1.0, p.u("cap_flatness", 0.2, 0.4), p.u("cap_radius", 0.2, 0.3), p.u("stem_height", 0.3, 0.45), p.u("lean", -0.1, 0.1))
+        geo = one(0, 0, 1.0, p.u("cap_flatness", 0.2, 0.4), p.u("cap_radius", 0.2, 0.3), p.u("stem_height", 0.3, 0.45),
+                  p.u("lean", -0.1, 0.1))
         if p.flag("ring", 0.6):
             b.torus((0, 0.2, 0), 0.045, 0.01, stem)
             feats.append("a ring on the stem")
@@ -936,7 +963,8 @@ def gen_mushroom(p: Params, b: MeshBuilder, st: int) -> dict:
         top, cr, flat = geo
         for k in range(7):
             a, phi = 2.4 * k, 0.35 + 0.12 * (k % 3)
-            pos = top + np.array([cr * math.sin(phi * 2) * math.cos(a), flat * cr * math.cos(phi * 2), cr * math.sin(phi * 2) * math.sin(a)])
+            pos = top + np.array([cr * math.sin(phi * 2) * math.cos(a), flat * cr * math.cos(phi * 2),
+                                  cr * math.sin(phi * 2) * math.sin(a)])
             b.ellipsoid(pos, cr * 0.14, (0.97, 0.97, 0.95))
         feats.append("white spots")
     return {"color": cname, "features": feats, "size": ["small", "tall", "clustered"][st]}
@@ -954,7 +982,8 @@ def gen_umbrella(p: Params, b: MeshBuilder, st: int) -> dict:
         depth = R * p.u("canopy_depth", 0.25, 0.45)
         n = p.i("n_ribs", 6, 10)
         b.cylinder((0, 0, 0), (0, L + 0.05, 0), 0.022 if st == 0 else 0.035, pole, sections=6)
-        prof = [(0, L + 0.02)] + [(R * s, L - depth * s ** 1.6) for s in np.linspace(0.2, 1.0, 5)] + [(R * 0.98, L - depth - 0.01), (0, L - 0.02)]
+        prof = ([(0, L + 0.02)] + [(R * s, L - depth * s ** 1.6) for s in np.linspace(0.2, 1.0, 5)]
+                + [(R * 0.98, L - depth - 0.01), (0, L - 0.02)])
         b.lathe(prof, (0, 0, 0), col, sections=n)
         if st == 0:
             b.torus((0.05, 0.0, 0), 0.05, 0.012, pole, rot=rot_x(math.pi / 2), arc=0.5)
@@ -993,13 +1022,15 @@ def gen_ladder(p: Params, b: MeshBuilder, st: int) -> dict:
             b.box((sx * W / 2, H / 2, 0), (0.04, H, 0.06), col, rot=rot_x(lean))
         for k in range(n):
             y = (k + 0.8) / (n + 0.3) * H
-            b.cylinder((-W / 2, y, -(y - H / 2) * math.tan(lean)), (W / 2, y, -(y - H / 2) * math.tan(lean)), 0.015, col, sections=6)
+            b.cylinder((-W / 2, y, -(y - H / 2) * math.tan(lean)), (W / 2, y, -(y - H / 2) * math.tan(lean)), 0.015,
+                       col, sections=6)
         feats += [f"{NUM[n]} rungs", "two side rails"]
     elif st == 1:  # A-frame
         spread = p.u("spread", 0.2, 0.35)
         for sz in (-1, 1):
             for sx in (-1, 1):
-                b.box((sx * W / 2, H / 2, sz * spread * H / 2 * 0.5), (0.04, H * 1.02, 0.05), col, rot=rot_x(sz * spread * 0.5))
+                b.box((sx * W / 2, H / 2, sz * spread * H / 2 * 0.5), (0.04, H * 1.02, 0.05), col,
+                      rot=rot_x(sz * spread * 0.5))
         for k in range(n - 1):
             y = (k + 0.8) / n * H
             z = (H - y) * math.tan(spread * 0.5)
@@ -1018,7 +1049,8 @@ def gen_ladder(p: Params, b: MeshBuilder, st: int) -> dict:
         for sx in (-1, 1):
             b.cylinder((sx * W * 0.6, 0, depth / 2), (sx * W * 0.6, h, zb + depth * 0.3), 0.025, col * 0.85, sections=6)
             b.cylinder((sx * W * 0.6, 0, zb), (sx * W * 0.6, h, zb), 0.025, col * 0.85, sections=6)
-            b.cylinder((sx * W * 0.6, h * 0.15, depth / 2 - 0.05), (sx * W * 0.6, h * 0.15, zb), 0.015, col * 0.85, sections=6)
+            b.cylinder((sx * W * 0.6, h * 0.15, depth / 2 - 0.05), (sx * W * 0.6, h * 0.15, zb), 0.015, col * 0.85,
+                       sections=6)
         feats += [f"{NUM[ns]} wide treads", "slanted side rails"]
     return {"color": cname, "features": feats, "size": _size(H, 1.2, 2.2, ("short", "medium", "tall"))}
 
@@ -1043,7 +1075,8 @@ def gen_bathtub(p: Params, b: MeshBuilder, st: int) -> dict:
         b.box((R * 0.35, H * 0.5, 0.02), (R * 0.7, H, 0.04), col * 0.9)
         b.box((0.02, H * 0.5, R * 0.35), (0.04, H, R * 0.7), col * 0.9)
         b.lathe([(0, 0), (R * 0.62, 0), (R * 0.62, H), (0, H)], (R * 0.12, 0, R * 0.12), col, sections=24)
-        b.lathe([(0, 0), (R * 0.52, 0), (R * 0.52, 0.005), (0, 0.005)], (R * 0.12, H, R * 0.12), (0.7, 0.85, 0.95), sections=24)
+        b.lathe([(0, 0), (R * 0.52, 0), (R * 0.52, 0.005), (0, 0.005)], (R * 0.12, H, R * 0.12), (0.7, 0.85, 0.95),
+                sections=24)
         feats += ["a rounded corner shape", "a built-in step"]
     else:  # rectangular built-in
         b.box((0, H / 2, 0), (W, H, L), col)
@@ -1052,8 +1085,10 @@ def gen_bathtub(p: Params, b: MeshBuilder, st: int) -> dict:
             b.box((0, H / 2, 0), (W + 0.04, H - 0.04, L - 0.05), col * 0.95)
             feats.append("a front apron panel")
         feats.append("a rectangular basin")
-    b.cylinder((0, H - 0.02 + (0.12 if st == 1 else 0), -L / 2 + 0.02), (0, H + 0.15 + (0.12 if st == 1 else 0), -L / 2 + 0.02), 0.015, metal, sections=6)
-    b.cylinder((0, H + 0.15 + (0.12 if st == 1 else 0), -L / 2 + 0.02), (0, H + 0.15 + (0.12 if st == 1 else 0), -L / 2 + 0.12), 0.015, metal, sections=6)
+    b.cylinder((0, H - 0.02 + (0.12 if st == 1 else 0), -L / 2 + 0.02),
+               (0, H + 0.15 + (0.12 if st == 1 else 0), -L / 2 + 0.02), 0.015, metal, sections=6)
+    b.cylinder((0, H + 0.15 + (0.12 if st == 1 else 0), -L / 2 + 0.02),
+               (0, H + 0.15 + (0.12 if st == 1 else 0), -L / 2 + 0.12), 0.015, metal, sections=6)
     feats.append("a faucet")
     return {"color": cname, "features": feats, "size": _size(L, 1.5, 1.8, ("compact", "standard", "long"))}
 
@@ -1067,7 +1102,8 @@ def gen_toilet(p: Params, b: MeshBuilder, st: int) -> dict:
     y0 = 0.0 if st != 1 else p.u("mount_height", 0.12, 0.2)
     prof = [(0, 0), (0.55, 0), (0.9, 0.7), (1.0, 1.0), (0.8, 1.0), (0, 0.6)]
     b.lathe(prof, (0, y0 + (0.0 if st == 1 else 0.0), 0.12), col, sections=16, scale=(R, bh - y0, R * L))
-    b.lathe([(0, 0), (1.0, 0), (1.0, 1), (0.75, 1), (0, 0.5)], (0, bh, 0.12), seat, sections=16, scale=(R * 1.02, 0.03, R * L * 1.02))
+    b.lathe([(0, 0), (1.0, 0), (1.0, 1), (0.75, 1), (0, 0.5)], (0, bh, 0.12), seat, sections=16,
+            scale=(R * 1.02, 0.03, R * L * 1.02))
     if st != 1:
         b.cylinder((0, 0, 0.08), (0, bh * 0.5, 0.06), R * 0.6, col, sections=12, radius_z=R * 0.75)
     if st == 0:  # close-coupled tank
@@ -1107,7 +1143,8 @@ def gen_piano(p: Params, b: MeshBuilder, st: int) -> dict:
         nk = int(width / 0.05)
         for k in range(nk):
             if k % 7 in (0, 1, 3, 4, 5):
-                b.box((-width / 2 + (k + 1) * width / nk, y + 0.02, z - keys_d * 0.2), (0.012, 0.015, keys_d * 0.6), (0.05, 0.05, 0.05))
+                b.box((-width / 2 + (k + 1) * width / nk, y + 0.02, z - keys_d * 0.2), (0.012, 0.015, keys_d * 0.6),
+                      (0.05, 0.05, 0.05))
 
     if st == 0:  # upright
         H = p.u("height", 1.1, 1.35)
@@ -1149,28 +1186,42 @@ CATEGORIES: dict[str, Category] = {c.name: c for c in [
              ("dining chair", "office swivel chair", "armchair", "stool"), gen_chair),
     Category("table", ("rectangular four-leg", "round pedestal", "trestle", "low coffee"),
              ("rectangular table", "round pedestal table", "trestle table", "coffee table"), gen_table),
-    Category("sofa", ("two-seat", "three-seat", "L-shaped"), ("loveseat sofa", "three-seat sofa", "L-shaped sofa"), gen_sofa),
+    Category("sofa", ("two-seat", "three-seat", "L-shaped"), ("loveseat sofa", "three-seat sofa", "L-shaped sofa"),
+             gen_sofa),
     Category("bed", ("single", "double with headboard", "bunk"), ("single bed", "double bed", "bunk bed"), gen_bed),
     Category("lamp", ("desk", "floor", "pendant"), ("desk lamp", "floor lamp", "pendant lamp"), gen_lamp),
     Category("bottle", ("wine", "water", "jug"), ("wine bottle", "water bottle", "jug"), gen_bottle),
-    Category("mug", ("straight with handle", "tapered", "no handle"), ("mug", "tapered mug", "cup without a handle"), gen_mug),
+    Category("mug", ("straight with handle", "tapered", "no handle"), ("mug", "tapered mug", "cup without a handle"),
+             gen_mug),
     Category("bowl", ("shallow", "deep", "footed"), ("shallow bowl", "deep bowl", "footed bowl"), gen_bowl),
     Category("vase", ("cylinder", "bulb", "amphora"), ("cylindrical vase", "bulb vase", "amphora vase"), gen_vase),
     Category("airplane", ("airliner", "fighter", "biplane"), ("airliner", "fighter jet", "biplane"), gen_airplane),
     Category("car", ("sedan", "hatchback", "pickup"), ("sedan car", "hatchback car", "pickup truck"), gen_car),
     Category("bench", ("park", "plain slab", "picnic"), ("park bench", "plain bench", "picnic bench"), gen_bench),
-    Category("bookshelf", ("open", "with doors", "ladder-style"), ("open bookshelf", "bookshelf with doors", "ladder bookshelf"), gen_bookshelf),
-    Category("cabinet", ("two-door", "drawers", "wardrobe"), ("two-door cabinet", "chest of drawers", "wardrobe cabinet"), gen_cabinet),
-    Category("monitor", ("flat on stand", "wall-mounted", "crt"), ("flat-screen monitor", "wall-mounted tv", "CRT monitor"), gen_monitor),
-    Category("guitar", ("acoustic", "electric", "bass"), ("acoustic guitar", "electric guitar", "bass guitar"), gen_guitar),
-    Category("rocket", ("single stage", "with boosters", "multi-stage"), ("single-stage rocket", "rocket with boosters", "multi-stage rocket"), gen_rocket),
-    Category("tower", ("cylindrical", "stepped", "spire"), ("cylindrical tower", "stepped tower", "spire tower"), gen_tower),
-    Category("mushroom", ("button", "parasol", "cluster"), ("button mushroom", "parasol mushroom", "mushroom cluster"), gen_mushroom),
-    Category("umbrella", ("open", "folded", "patio"), ("open umbrella", "folded umbrella", "patio umbrella"), gen_umbrella),
-    Category("ladder", ("straight", "a-frame", "step stool"), ("straight ladder", "A-frame stepladder", "step stool ladder"), gen_ladder),
-    Category("bathtub", ("rectangular", "clawfoot", "corner"), ("rectangular bathtub", "clawfoot bathtub", "corner bathtub"), gen_bathtub),
-    Category("toilet", ("close-coupled", "wall-hung", "high tank"), ("toilet", "wall-hung toilet", "high-tank toilet"), gen_toilet),
-    Category("piano", ("upright", "grand", "keyboard"), ("upright piano", "grand piano", "digital keyboard piano"), gen_piano),
+    Category("bookshelf", ("open", "with doors", "ladder-style"),
+             ("open bookshelf", "bookshelf with doors", "ladder bookshelf"), gen_bookshelf),
+    Category("cabinet", ("two-door", "drawers", "wardrobe"),
+             ("two-door cabinet", "chest of drawers", "wardrobe cabinet"), gen_cabinet),
+    Category("monitor", ("flat on stand", "wall-mounted", "crt"),
+             ("flat-screen monitor", "wall-mounted tv", "CRT monitor"), gen_monitor),
+    Category("guitar", ("acoustic", "electric", "bass"), ("acoustic guitar", "electric guitar", "bass guitar"),
+             gen_guitar),
+    Category("rocket", ("single stage", "with boosters", "multi-stage"),
+             ("single-stage rocket", "rocket with boosters", "multi-stage rocket"), gen_rocket),
+    Category("tower", ("cylindrical", "stepped", "spire"), ("cylindrical tower", "stepped tower", "spire tower"),
+             gen_tower),
+    Category("mushroom", ("button", "parasol", "cluster"), ("button mushroom", "parasol mushroom", "mushroom cluster"),
+             gen_mushroom),
+    Category("umbrella", ("open", "folded", "patio"), ("open umbrella", "folded umbrella", "patio umbrella"),
+             gen_umbrella),
+    Category("ladder", ("straight", "a-frame", "step stool"),
+             ("straight ladder", "A-frame stepladder", "step stool ladder"), gen_ladder),
+    Category("bathtub", ("rectangular", "clawfoot", "corner"),
+             ("rectangular bathtub", "clawfoot bathtub", "corner bathtub"), gen_bathtub),
+    Category("toilet", ("close-coupled", "wall-hung", "high tank"), ("toilet", "wall-hung toilet", "high-tank toilet"),
+             gen_toilet),
+    Category("piano", ("upright", "grand", "keyboard"), ("upright piano", "grand piano", "digital keyboard piano"),
+             gen_piano),
 ]}
 ALL_CATEGORIES: tuple[str, ...] = tuple(CATEGORIES)
 DEFAULT_CATEGORIES: tuple[str, ...] = ALL_CATEGORIES[:16]

@@ -13,13 +13,14 @@ import ctypes
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from captionless3d.data.collection import SPLITS, SplitIndexMixin
-from captionless3d.data.synthetic.scene import COLOUR_MODES, make_object, render_objects, view_angles
+from captionless3d.data.synthetic.scene import make_object, render_objects, view_angles
 from captionless3d.data.synthetic.shapes import ALL_CATEGORIES, CATEGORIES, DEFAULT_CATEGORIES
 from captionless3d.data.synthetic.texts import make_landmarks
 from captionless3d.errors import CacheError, ConfigError
@@ -90,7 +91,8 @@ def train_counts(params: dict[str, Any]) -> dict[str, int]:
     return {c: max(2, int(round(total * w / weights.sum()))) for c, w in zip(cats, weights)}
 
 
-def world_params(*, seed: int = 0, categories: Sequence[str] | str | None = None, n_teacher: int = 60, n_train: int = 80,
+def world_params(*, seed: int = 0, categories: Sequence[str] | str | None = None, n_teacher: int = 60,
+                 n_train: int = 80,
                  n_val: int = 10, n_test: int = 20, n_points: int = 2048, n_views: int = 8, image_size: int = 64,
                  photos_per_object: int = 2, supersample: int = 1, colours: str = "object",
                  train_frequencies: str = "uniform") -> dict[str, Any]:
@@ -184,7 +186,8 @@ def _build_chunk(params: dict[str, Any], jobs: list[tuple[str, str, int]]):
                                           params["supersample"])
     pts = np.stack([o.points for o in objs])
     recs = [{"object_id": o.object_id, "category": o.category, "subtype": CATEGORIES[o.category].subtypes[o.subtype],
-             "subtype_index": o.subtype, "split": o.split, "attributes": o.attributes, "captions": o.captions} for o in objs]
+             "subtype_index": o.subtype, "split": o.split, "attributes": o.attributes, "captions": o.captions}
+            for o in objs]
     return pts, views, photos, masks, recs
 
 
@@ -366,9 +369,10 @@ def rerender_views(world: SyntheticWorld, index: Sequence[int], colours: str = "
     Objects are regenerated from ``(seed, category, split, index)`` exactly as the build made them, so with the
     world's own colour mode this reproduces ``world.views[index]`` (tested). Returns uint8 ``(M, V, H, W, 3)``.
     """
+    from tqdm.auto import tqdm
+
     from captionless3d.data.synthetic.render import render_scenes, to_uint8
     from captionless3d.data.synthetic.scene import view_items
-    from tqdm.auto import tqdm
 
     p = world.params
     index = [int(i) for i in index]
