@@ -133,3 +133,61 @@ def test_slurm_ddp_trainer_takes_ranks_from_slurm_and_leaves_sigusr1_to_lightnin
 def test_slurm_ddp_outside_slurm_is_one_node(monkeypatch):
     monkeypatch.delenv("SLURM_NNODES", raising=False)
     assert _compose(["trainer=slurm_ddp"]).trainer.num_nodes == 1
+
+
+@pytest.mark.slow
+def test_slurm_ddp_requeue_on_sigusr1_saves_an_hpc_checkpoint_and_the_requeued_run_resumes(tmp_path):
+    """SLURM's pre-emption notice under trainer=slurm_ddp, on a fake one-node SLURM job (SLURM's variables, an
+    ``scontrol`` that records its arguments): SIGUSR1 mid-training -> Lightning saves ``hpc_ckpt_1.ckpt`` in the run
+    directory and asks ``scontrol requeue <job id>``; the same command again (what the requeued job runs) resumes from
+    that checkpoint. Our own pre-emption callback must stay out of SIGUSR1's way here (the process keeps running)."""
+    import torch
+
+    tests_dir = Path(__file__).resolve().parent
+    bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.txt"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {record}\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update({**SLURM_ENV, "SLURM_NTASKS": "1", "SLURM_NNODES": "1", "SLURM_PROCID": "0", "SLURM_NODEID": "0",
+                "SLURM_NODELIST": "localhost", "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "HF_HUB_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(tests_dir), env.get("PYTHONPATH", "")])})
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "captionless3d.train", "data=synthetic_tiny", "teacher=synthetic_tiny",
+           "trainer=slurm_ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
+           "trainer.sync_batchnorm=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+           "+trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "experiment=avg",
+           "~callbacks.test_evaluation", "~callbacks.validation_metrics",  # not what this test is about: time
+           f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path / 'outputs'}",
+           f"hydra.run.dir={run_dir}"]
+    pause = ["+callbacks.pause._target_=reliability._probe.PauseAt", "+callbacks.pause.step=2",
+             f"+callbacks.pause.marker={tmp_path / 'paused'}", f"+callbacks.pause.release={tmp_path / 'release'}"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([*cmd, *pause], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 400
+            while not (tmp_path / "paused").exists():
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+                assert time.monotonic() < deadline, "training never reached step 2"
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGUSR1)  # what sbatch --signal=USR1@120 delivers
+            deadline = time.monotonic() + 60
+            while not record.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (tmp_path / "release").write_text("")
+            # a real SLURM would now stop the job and start it again; the fake one lets it finish
+            assert proc.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    first = (tmp_path / "first.log").read_text()
+    assert record.read_text().split() == ["requeue", "4242"], first[-3000:]
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    assert hpc.is_file(), first[-3000:]
+    assert torch.load(hpc, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert "pre-empted by" not in first  # our callback did not take SIGUSR1 over
+
+    again = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-4000:]
+    assert f"Restored all states from the checkpoint at {hpc}" in again.stdout + again.stderr
