@@ -116,7 +116,8 @@ def test_slurm_ddp_trainer_takes_ranks_from_slurm_and_leaves_sigusr1_to_lightnin
     callback = PreemptionCheckpoint(checkpoint_path=str(tmp_path / "last.ckpt"))
     trainer = instantiate(cfg.trainer, key="trainer", callbacks=[callback], logger=False,
                           default_root_dir=str(tmp_path))
-    environment = trainer._accelerator_connector.cluster_environment  # Lightning's own attribute, as signals.py reads it
+    # Lightning's own attribute, as signals.py reads it
+    environment = trainer._accelerator_connector.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue
     assert (trainer.num_nodes, trainer.world_size, trainer.global_rank, trainer.node_rank) == (2, 2, 1, 1)
     assert environment.requeue_signal == signal.SIGUSR1
