@@ -40,8 +40,9 @@ otherwise :class:`~captionless3d.errors.CheckpointError` lists each missing / un
 Point-BERT file of salesforce/ULIP#60, 3 vs 6 input channels, another depth or release). What was verified here is
 shapes and key mapping, not numerics against the original code (no released file can be fetched in this project).
 
-:func:`load_pretrained` is the entry point for every backbone: PointNeXt models go to
-:func:`captionless3d.models.weights.load_pretrained`.
+:func:`load_pretrained` is the entry point for every backbone: PointNeXt models are mapped by
+:func:`captionless3d.models.weights.convert_state_dict` (its layouts), the others by :func:`convert_state_dict`; file
+reading, the strict checks, the error's key lists and the report are :mod:`~captionless3d.models.weights`' for both.
 """
 from __future__ import annotations
 
@@ -56,9 +57,18 @@ from torch import Tensor, nn
 
 from captionless3d.errors import CheckpointError
 
-from .heads import PointEncoder, ProjectionHead
 from .pointnext import PointNextEncoder
-from .weights import HEAD_MODES, LoadReport, extract_state_dict, read_checkpoint, strip_wrappers
+from .weights import (
+    HEAD_MODES,
+    KeyMap,
+    LoadReport,
+    head_prefixes,
+    load_converted,
+    mismatch_lines,
+    split_model,
+    strip_wrappers,
+)
+from .weights import convert_state_dict as convert_pointnext
 
 __all__ = ["LAYOUTS", "detect_layout", "embedding_width", "convert_state_dict", "load_pretrained"]
 
@@ -155,25 +165,6 @@ def embedding_width(state_dict: Mapping[str, Tensor], layout: str = "auto") -> i
 
 
 # ------------------------------------------------------------------------------------------------ mapping
-def _split_model(model: nn.Module) -> tuple[nn.Module, ProjectionHead | None, str]:
-    if isinstance(model, PointEncoder):
-        return model.encoder, model.head, "encoder."
-    if isinstance(getattr(model, "out_channels", None), int) and not isinstance(model, ProjectionHead):
-        return model, None, ""
-    raise CheckpointError(f"load target must be a PointEncoder or a point backbone, got {type(model).__name__}")
-
-
-def _head_parts(head: ProjectionHead) -> tuple[list[str], str | None]:
-    """Model-side prefixes (relative to the head) of the hidden blocks and of the final Linear (None: no final)."""
-    hidden, final = [], None
-    for i, mod in enumerate(head.head):
-        if isinstance(mod, nn.Sequential) and len(mod) == 3:
-            hidden.append(f"head.{i}.")
-        elif isinstance(mod, nn.Sequential) and len(mod) == 1:
-            final = f"head.{i}."
-    return hidden, final
-
-
 def convert_state_dict(
     state_dict: Mapping[str, Tensor],
     model: nn.Module,
@@ -191,22 +182,15 @@ def convert_state_dict(
     """
     if head not in HEAD_MODES:
         raise CheckpointError(f"head must be one of {', '.join(HEAD_MODES)}; got {head!r}")
-    backbone, proj_head, enc = _split_model(model)
+    backbone, proj_head, enc = split_model(model)
     if isinstance(backbone, PointNextEncoder):
         raise CheckpointError("PointNeXt weights go through captionless3d.models.weights (load_pretrained dispatches)")
     sd = {strip_wrappers(str(k)): v for k, v in state_dict.items()}
     lay = _resolve(list(sd), layout, source)
     target = model.state_dict()
-    hidden_t, final_t = _head_parts(proj_head) if proj_head is not None else ([], None)
+    hidden_t, final_t = head_prefixes(proj_head) if proj_head is not None else ([], None)
     backbone_keys = set(backbone.state_dict())
-
-    mapped: dict[str, Tensor] = {}
-    origin: dict[str, str] = {}
-    used: set[str] = set()
-    ignored: list[str] = []
-
-    def put(name: str, value: Tensor, src: str) -> None:
-        mapped[name], origin[name] = value, src
+    km = KeyMap(sd)
 
     for k, v in sd.items():
         for src, dst in lay.backbone:
@@ -214,73 +198,61 @@ def convert_state_dict(
                 continue
             rest = k[len(src):]
             if rest.startswith(_EXTRA_HEADS):
-                ignored.append(k)
-                used.add(k)
+                km.ignored.append(k)
+                km.used.add(k)
             elif dst == "proj." and "proj.weight" not in backbone_keys:
                 break  # the release's proj without one in the backbone: the head's final Linear (below)
             else:
-                put(enc + dst + rest, v, k)
-                used.add(k)
+                km.put(enc + dst + rest, v, k)
+                km.used.add(k)
             break
 
     # the projection into the teacher's space
     if lay.name == "ulip" and lay.projection in sd:
         P = sd[lay.projection]
-        used.add(lay.projection)
+        km.used.add(lay.projection)
         if head == "all":
             if final_t is None or P.dim() != 2:
-                used.discard(lay.projection)  # nowhere to go -> unexpected (with a hint below)
+                km.used.discard(lay.projection)  # nowhere to go -> unexpected (with a hint below)
             else:
-                put(f"head.{final_t}0.weight", P.t(), f"{lay.projection}.T")  # x @ P = Linear(weight=P.T)
-                put(f"head.{final_t}0.bias", torch.zeros(P.shape[1], dtype=P.dtype),
-                    f"{lay.projection} (no bias: zeros)")
+                km.put(f"head.{final_t}0.weight", P.t(), f"{lay.projection}.T")  # x @ P = Linear(weight=P.T)
+                km.put(f"head.{final_t}0.bias", torch.zeros(P.shape[1], dtype=P.dtype),
+                       f"{lay.projection} (no bias: zeros)")
         else:
-            ignored.append(lay.projection)
+            km.ignored.append(lay.projection)
     if lay.name == "openshape" and lay.projection is not None and "proj.weight" not in backbone_keys:
         for part in ("weight", "bias"):
             key = lay.projection + part
             if key not in sd:
                 continue
-            used.add(key)
+            km.used.add(key)
             if head != "all":
-                ignored.append(key)
+                km.ignored.append(key)
             elif final_t is not None:
-                put(f"head.{final_t}0.{part}", sd[key], key)
+                km.put(f"head.{final_t}0.{part}", sd[key], key)
             else:
-                used.discard(key)
+                km.used.discard(key)
     if lay.head is not None and proj_head is not None:
         keep = {"all": (*hidden_t, final_t), "hidden": tuple(hidden_t), "none": ()}[head]
         for k, v in sd.items():
-            if k.startswith(lay.head) and k not in used:
+            if k.startswith(lay.head) and k not in km.used:
                 rest = k[len(lay.head):]
-                used.add(k)
+                km.used.add(k)
                 if any(p is not None and rest.startswith(p) for p in keep):
-                    put("head." + rest, v, k)
+                    km.put("head." + rest, v, k)
                 else:
-                    ignored.append(k)
+                    km.ignored.append(k)
 
-    unexpected = []
-    for k in sd:
-        if k in used:
-            continue
-        if any(k.startswith(p) for p in lay.subtree):
-            unexpected.append(k)
-        else:
-            ignored.append(k)
     skip: tuple[str, ...] = ()
     if proj_head is not None and head != "all":
         skip = ("head.",) if head == "none" else (f"head.{final_t}",) if final_t else ()
-    missing = [k for k in target if k not in mapped and not k.startswith(skip)]
-    unexpected += [origin[k] for k in mapped if k not in target]
-    mismatched = [(k, origin[k], tuple(mapped[k].shape), tuple(target[k].shape))
-                  for k in mapped if k in target and mapped[k].shape != target[k].shape]
-    if not any(k in target and k.startswith(enc) and not k.startswith("head.") for k in mapped):
+    missing, unexpected, mismatched = km.compare(target, lay.subtree, skip)
+    if not any(k in target and k.startswith(enc) and not k.startswith("head.") for k in km.mapped):
         raise CheckpointError(f"{source}: no weights of this {type(backbone).__name__} found (layout {lay.name}); "
                               f"first keys: {', '.join(list(sd)[:_SHOWN])}")
     if missing or unexpected or mismatched:
         raise CheckpointError(_message(source, lay, backbone, proj_head, enc, sd, missing, unexpected, mismatched))
-    out = {k: v.detach().to(dtype=target[k].dtype) for k, v in mapped.items()}
-    return out, LoadReport(lay.name, sorted(out), sorted(ignored), source)
+    return km.result(target, lay.name, source)
 
 
 def _count_blocks(keys: Any) -> int:
@@ -289,20 +261,9 @@ def _count_blocks(keys: Any) -> int:
 
 
 def _message(source, lay, backbone, proj_head, enc, sd, missing, unexpected, mismatched) -> str:
-    def show(items):
-        items = list(items)
-        more = f" ... (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
-        return ", ".join(items[:_SHOWN]) + more
-
     kind = type(backbone).__name__
-    parts = [f"{source} (layout {lay.name}) does not match the model ({kind}):"]
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {show(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
-    if mismatched:
-        parts.append(f"shape mismatches ({len(mismatched)}): "
-                     + show(f"{k} <- {o}: checkpoint {s} vs model {t}" for k, o, s, t in mismatched))
+    parts = mismatch_lines(f"{source} (layout {lay.name}) does not match the model ({kind}):", missing, unexpected,
+                           mismatched)
     shapes = {k: (s, t) for k, _, s, t in mismatched}
     hints = []
 
@@ -348,7 +309,7 @@ def _message(source, lay, backbone, proj_head, enc, sd, missing, unexpected, mis
         hints.append("the checkpoint has no weights for this model's head (e.g. OpenShape's B32 release has no "
                      "projection: it ends in its 512-d space): build with head_projection=False and head_mlps=[] "
                      "(a teacher of the backbone's width), or pass pretrained_head='none' to load the backbone only")
-    if (lay.name != "captionless3d" and proj_head is not None and head_missing and _head_parts(proj_head)[0]):
+    if (lay.name != "captionless3d" and proj_head is not None and head_missing and head_prefixes(proj_head)[0]):
         hints.append("released models have no hidden head layers: build with head_mlps=[]")
     if any(o in ("pc_projection", "proj.weight", "pc_encoder.proj.weight") for o in unexpected):
         hints.append("the file's projection has nowhere to go: the model has no final projection "
@@ -367,21 +328,8 @@ def load_pretrained(
     trusted: bool = False,
 ) -> LoadReport:
     """Load a released / our own checkpoint (file path or loaded dict) into ``model`` (any backbone, bare or in a
-    :class:`PointEncoder`). PointNeXt models go to :func:`captionless3d.models.weights.load_pretrained` (its
-    layouts); the others use :func:`convert_state_dict`. Strict (module doc)."""
-    backbone, _, _ = _split_model(model)
-    if isinstance(backbone, PointNextEncoder):
-        from .weights import load_pretrained as load_pointnext
-
-        return load_pointnext(model, checkpoint, layout=layout, head=head, trusted=trusted)
-    if isinstance(checkpoint, Mapping):
-        source = "state_dict"
-        sd = extract_state_dict(checkpoint, source=source)
-    else:
-        source = os.fspath(checkpoint)
-        sd = read_checkpoint(source, trusted=trusted)
-    mapped, report = convert_state_dict(sd, model, layout=layout, head=head, source=source)
-    result = model.load_state_dict(mapped, strict=False)
-    if result.unexpected_keys:  # cannot happen after the checks above; keep the guarantee explicit
-        raise CheckpointError(f"{source}: unexpected keys after mapping: {result.unexpected_keys[:_SHOWN]}")
-    return report
+    :class:`PointEncoder`). PointNeXt models go through :func:`captionless3d.models.weights.convert_state_dict` (its
+    layouts); the others through :func:`convert_state_dict`. Strict (module doc)."""
+    backbone, _, _ = split_model(model)
+    convert = convert_pointnext if isinstance(backbone, PointNextEncoder) else convert_state_dict
+    return load_converted(convert, model, checkpoint, layout=layout, head=head, trusted=trusted)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,15 +229,85 @@ def _head_blocks(keys: dict[str, Tensor], prefix: str) -> tuple[list[dict[str, T
     return hidden, final, leftovers
 
 
-def _target_head(head: ProjectionHead, prefix: str) -> tuple[list[str], str]:
-    """Model key prefixes (``prefix`` = the ProjectionHead's own name) of its hidden blocks and its final linear."""
-    hidden, final = [], ""
+# ------------------------------------------------------------------- the conversion core (models.released uses it too)
+def split_model(model: nn.Module) -> tuple[nn.Module, ProjectionHead | None, str]:
+    """A load target's backbone, its :class:`ProjectionHead` (``None`` for a bare backbone) and the backbone's key
+    prefix in ``model.state_dict()`` (``"encoder."`` or ``""``)."""
+    if isinstance(model, PointEncoder):
+        return model.encoder, model.head, "encoder."
+    if isinstance(getattr(model, "out_channels", None), int) and not isinstance(model, ProjectionHead):
+        return model, None, ""
+    raise CheckpointError(f"load target must be a PointEncoder or a point backbone, got {type(model).__name__}")
+
+
+def head_prefixes(head: ProjectionHead) -> tuple[list[str], str | None]:
+    """Key prefixes, relative to the :class:`ProjectionHead`, of its hidden blocks (``Linear -> BN -> ReLU``) and of
+    its final ``Linear`` (``None``: no final projection)."""
+    hidden, final = [], None
     for i, mod in enumerate(head.head):
         if isinstance(mod, nn.Sequential) and len(mod) == 3:
-            hidden.append(f"{prefix}head.{i}.")
+            hidden.append(f"head.{i}.")
         elif isinstance(mod, nn.Sequential) and len(mod) == 1:
-            final = f"{prefix}head.{i}."
+            final = f"head.{i}."
     return hidden, final
+
+
+class KeyMap:
+    """A ``state_dict`` conversion in progress: model key -> tensor (``mapped``) and the file key it came from
+    (``origin``), the file keys consumed (``used``) and those deliberately left out (``ignored``)."""
+
+    def __init__(self, sd: dict[str, Tensor]) -> None:
+        self.sd = sd
+        self.mapped: dict[str, Tensor] = {}
+        self.origin: dict[str, str] = {}
+        self.used: set[str] = set()
+        self.ignored: list[str] = []
+
+    def put(self, name: str, value: Tensor, src: str) -> None:
+        self.mapped[name], self.origin[name] = value, src
+
+    def compare(self, target: Mapping[str, Tensor], subtree: tuple[str, ...], skip: tuple[str, ...]
+                ) -> tuple[list[str], list[str], list[tuple[str, str, tuple, tuple]]]:
+        """``(missing, unexpected, mismatched)`` against the model's ``target`` state dict. File keys nothing used
+        are *unexpected* under the ``subtree`` prefixes, else ignored; model keys under ``skip`` may stay missing."""
+        unexpected = []
+        for k in self.sd:
+            if k in self.used:
+                continue
+            if k.startswith(subtree):
+                unexpected.append(k)
+            else:
+                self.ignored.append(k)
+        missing = [k for k in target if k not in self.mapped and not k.startswith(skip)]
+        unexpected += [self.origin[k] for k in self.mapped if k not in target]
+        mismatched = [(k, self.origin[k], tuple(self.mapped[k].shape), tuple(target[k].shape))
+                      for k in self.mapped if k in target and self.mapped[k].shape != target[k].shape]
+        return missing, unexpected, mismatched
+
+    def result(self, target: Mapping[str, Tensor], layout: str, source: str) -> tuple[dict[str, Tensor], LoadReport]:
+        """The mapped tensors in the model's dtypes, and the report."""
+        out = {k: v.detach().to(dtype=target[k].dtype) for k, v in self.mapped.items()}
+        return out, LoadReport(layout, sorted(out), sorted(self.ignored), source)
+
+
+def show_keys(items: Any) -> str:
+    """At most ``_SHOWN`` items, comma-separated, with the count of the rest."""
+    items = list(items)
+    more = f" ... (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def mismatch_lines(header: str, missing: list[str], unexpected: list[str], mismatched: list[tuple]) -> list[str]:
+    """The first lines of a mismatch error: ``header``, then the missing / unexpected keys and shape mismatches."""
+    parts = [header]
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {show_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {show_keys(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatches ({len(mismatched)}): "
+                     + show_keys(f"{k} <- {o}: checkpoint {s} vs model {t}" for k, o, s, t in mismatched))
+    return parts
 
 
 def convert_state_dict(
@@ -258,117 +328,82 @@ def convert_state_dict(
     """
     if head not in HEAD_MODES:
         raise CheckpointError(f"head must be one of {', '.join(HEAD_MODES)}; got {head!r}")
-    if isinstance(model, PointEncoder):
-        enc_prefix, proj_head = "encoder.", model.head
-    elif isinstance(model, PointNextEncoder):
-        enc_prefix, proj_head = "", None
-    else:
-        raise CheckpointError(f"load target must be a PointEncoder or PointNextEncoder, got {type(model).__name__}")
+    backbone, proj_head, enc_prefix = split_model(model)
+    if not isinstance(backbone, PointNextEncoder):
+        raise CheckpointError(f"load target must be a PointNextEncoder, bare or in a PointEncoder; got a "
+                              f"{type(backbone).__name__} (other backbones: captionless3d.models.released)")
     sd: dict[str, Tensor] = {}
     for k, v in state_dict.items():
         sd[_strip(str(k))] = v
     lay = _resolve_layout(list(sd), layout, source)
-
-    mapped: dict[str, Tensor] = {}
-    origin: dict[str, str] = {}
-    used: set[str] = set()
-    ignored: list[str] = []
+    km = KeyMap(sd)
 
     # backbone: <backbone>encoder.{stage}... -> <enc_prefix>encoder.{stage}...
     for k, v in sd.items():
         if k.startswith(lay.backbone) and _STAGE.match(k[len(lay.backbone):]):
-            name = enc_prefix + k[len(lay.backbone):]
-            mapped[name], origin[name] = v, k
-            used.add(k)
+            km.put(enc_prefix + k[len(lay.backbone):], v, k)
+            km.used.add(k)
 
     # head
     want_hidden = proj_head is not None and head in ("all", "hidden")
     want_final = proj_head is not None and head == "all"
+    tgt_hidden, final = head_prefixes(proj_head) if proj_head is not None else ([], None)
+    tgt_hidden = ["head." + p for p in tgt_hidden]
+    tgt_final = "head." + final if final is not None else ""
     if lay.head is not None:
-        head_keys = {k: v for k, v in sd.items() if k.startswith(lay.head) and k not in used}
+        head_keys = {k: v for k, v in sd.items() if k.startswith(lay.head) and k not in km.used}
         src_hidden, src_final, _ = _head_blocks(head_keys, lay.head)
-        tgt_hidden, tgt_final = _target_head(proj_head, "head.") if proj_head is not None else ([], "")
         if want_hidden:
             for j, block in enumerate(src_hidden):
                 src = block.pop("_src")
                 if j >= len(tgt_hidden):
                     continue  # stays unused -> unexpected
                 for p, v in block.items():
-                    name = tgt_hidden[j] + p
-                    mapped[name], origin[name] = v, src + p
-                    used.add(src + p)
+                    km.put(tgt_hidden[j] + p, v, src + p)
+                    km.used.add(src + p)
         else:
             for block in src_hidden:
                 src = block.pop("_src")
-                ignored.extend(src + p for p in block)
-                used.update(src + p for p in block)
+                km.ignored.extend(src + p for p in block)
+                km.used.update(src + p for p in block)
         if src_final is not None:
             src = src_final.pop("_src")
             if want_final:
                 for p, v in src_final.items():
-                    name = tgt_final + p
-                    mapped[name], origin[name] = v, src + p
-                    used.add(src + p)
+                    km.put(tgt_final + p, v, src + p)
+                    km.used.add(src + p)
             else:
-                ignored.extend(src + p for p in src_final)
-                used.update(src + p for p in src_final)
+                km.ignored.extend(src + p for p in src_final)
+                km.used.update(src + p for p in src_final)
     if lay.projection is not None and lay.projection in sd:
         P = sd[lay.projection]
-        used.add(lay.projection)
+        km.used.add(lay.projection)
         if want_final and P.dim() == 2:
-            _, tgt_final = _target_head(proj_head, "head.")
-            mapped[tgt_final + "0.weight"], origin[tgt_final + "0.weight"] = P.t(), lay.projection
-            mapped[tgt_final + "0.bias"] = torch.zeros(P.shape[1], dtype=P.dtype)
-            origin[tgt_final + "0.bias"] = f"{lay.projection} (no bias: zeros)"
+            km.put(tgt_final + "0.weight", P.t(), lay.projection)
+            km.put(tgt_final + "0.bias", torch.zeros(P.shape[1], dtype=P.dtype), f"{lay.projection} (no bias: zeros)")
         elif want_final:
-            used.discard(lay.projection)  # wrong rank -> unexpected
+            km.used.discard(lay.projection)  # wrong rank -> unexpected
         else:
-            ignored.append(lay.projection)
+            km.ignored.append(lay.projection)
 
     # what is left: unexpected inside the point-encoder subtree, ignored outside
-    unexpected = []
-    for k in sd:
-        if k in used:
-            continue
-        if any(k.startswith(p) or k == p for p in lay.subtree):
-            unexpected.append(k)
-        else:
-            ignored.append(k)
-
     target = model.state_dict()
-    skip_prefixes = ()
+    skip: tuple[str, ...] = ()
     if proj_head is not None and head != "all":
-        _, tgt_final = _target_head(proj_head, "head.")
-        skip_prefixes = ("head.",) if head == "none" else (tgt_final,)
-    missing = [k for k in target if k not in mapped and not k.startswith(skip_prefixes)]
-    unexpected += [origin[k] for k in mapped if k not in target]
-    mismatched = [(k, origin[k], tuple(mapped[k].shape), tuple(target[k].shape))
-                  for k in mapped if k in target and mapped[k].shape != target[k].shape]
-
-    if not any(k in target for k in mapped):
+        skip = ("head.",) if head == "none" else (tgt_final,)
+    missing, unexpected, mismatched = km.compare(target, lay.subtree, skip)
+    if not any(k in target for k in km.mapped):
         shown = ", ".join(list(sd)[:_SHOWN])
         raise CheckpointError(f"{source}: no PointNeXt weights found for this model (layout {lay.name}); "
                               f"first keys: {shown}")
     if missing or unexpected or mismatched:
         raise CheckpointError(_mismatch_message(source, lay.name, missing, unexpected, mismatched, enc_prefix))
-    out = {k: v.detach().to(dtype=target[k].dtype) for k, v in mapped.items()}
-    return out, LoadReport(lay.name, sorted(out), sorted(ignored), source)
+    return km.result(target, lay.name, source)
 
 
 def _mismatch_message(source, layout, missing, unexpected, mismatched, enc_prefix) -> str:
-    def show(keys):
-        keys = list(keys)
-        more = f" ... (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-        return ", ".join(keys[:_SHOWN]) + more
-
-    parts = [f"{source} (layout {layout}) does not match the model:"]
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {show(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
+    parts = mismatch_lines(f"{source} (layout {layout}) does not match the model:", missing, unexpected, mismatched)
     if mismatched:
-        parts.append(f"shape mismatches ({len(mismatched)}): "
-                     + show(f"{k} <- {o}: checkpoint {s} vs model {t}" for k, o, s, t in mismatched))
         stem = enc_prefix + "encoder.0.0.convs.0.0.weight"
         for k, _, s, t in mismatched:
             if k == stem and len(s) > 1:
@@ -401,13 +436,27 @@ def load_pretrained(
     Strict: every model key must be covered (except the head parts ``head`` leaves out) and every key under the
     checkpoint's point-encoder prefixes must be used, with equal shapes; otherwise :class:`CheckpointError`.
     """
+    return load_converted(convert_state_dict, model, checkpoint, layout=layout, head=head, trusted=trusted)
+
+
+def load_converted(
+    convert: Callable[..., tuple[dict[str, Tensor], LoadReport]],
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    *,
+    layout: str,
+    head: str,
+    trusted: bool,
+) -> LoadReport:
+    """Read ``checkpoint`` (a file, or an already loaded dict), map it with ``convert`` (a ``convert_state_dict``
+    of this module or of :mod:`~captionless3d.models.released`) and load the result into ``model``."""
     if isinstance(checkpoint, Mapping):
         source = "state_dict"
         sd = extract_state_dict(checkpoint, source=source)
     else:
         source = os.fspath(checkpoint)
         sd = read_checkpoint(source, trusted=trusted)
-    mapped, report = convert_state_dict(sd, model, layout=layout, head=head, source=source)
+    mapped, report = convert(sd, model, layout=layout, head=head, source=source)
     result = model.load_state_dict(mapped, strict=False)
     if result.unexpected_keys:  # cannot happen after the checks above; keep the guarantee explicit
         raise CheckpointError(f"{source}: unexpected keys after mapping: {result.unexpected_keys[:_SHOWN]}")
