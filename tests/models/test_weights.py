@@ -20,6 +20,7 @@ import argparse
 import pytest
 import torch
 from fixtures.formats import ulip_checkpoint
+from fixtures.released import randomise
 
 from captionless3d.errors import CheckpointError
 from captionless3d.models import build_point_encoder, create_encoder
@@ -32,22 +33,6 @@ from captionless3d.models.weights import (
 )
 
 N_POINTS = 128
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN statistics and affine parameters, so a wrongly mapped tensor changes the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.dim() > 1 else 0.5))
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-            elif name.endswith("num_batches_tracked"):
-                b.fill_(7)
-    return model.eval()
 
 
 def _points(seed: int = 1, b: int = 2) -> torch.Tensor:
@@ -69,7 +54,7 @@ def _openpoints_checkpoint(model) -> dict:
 @pytest.fixture(scope="module")
 def ulip_source():
     torch.manual_seed(0)
-    model = _randomise(build_point_encoder("pointnext_s", in_channels=4, embed_dim=512))
+    model = randomise(build_point_encoder("pointnext_s", in_channels=4, embed_dim=512))
     with torch.no_grad():
         model.head.head[-1][0].bias.zero_()  # ULIP's pc_projection has no bias
     return model
@@ -100,7 +85,7 @@ def test_ulip_in_channels_mismatch_says_what_to_do(ulip_source):
 
 
 def test_ulip_projection_to_other_embed_dim_needs_head_hidden(ulip_source):
-    model = _randomise(build_point_encoder("pointnext_s", in_channels=4, embed_dim=128), seed=5)
+    model = randomise(build_point_encoder("pointnext_s", in_channels=4, embed_dim=128), seed=5)
     with pytest.raises(CheckpointError, match="head='hidden'"):
         load_pretrained(model, ulip_checkpoint(ulip_source))
     before = model.head.head[-1][0].weight.clone()
@@ -114,7 +99,7 @@ def test_ulip_projection_to_other_embed_dim_needs_head_hidden(ulip_source):
 
 # ----------------------------------------------------------------------------------------------------- OpenPoints
 def test_openpoints_basecls_file_loads_exactly(tmp_path):
-    source = _randomise(build_point_encoder("pointnext_s", embed_dim=40), seed=2)  # e.g. a ModelNet40 classifier
+    source = randomise(build_point_encoder("pointnext_s", embed_dim=40), seed=2)  # e.g. a ModelNet40 classifier
     path = tmp_path / "pointnext-s_ckpt_best.pth"
     torch.save(_openpoints_checkpoint(source), path)
     model = build_point_encoder("pointnext_s", embed_dim=40).eval()
@@ -126,7 +111,7 @@ def test_openpoints_basecls_file_loads_exactly(tmp_path):
 
 
 def test_openpoints_classifier_into_embedding_model_with_head_hidden():
-    source = _randomise(build_point_encoder("pointnext_s", embed_dim=40), seed=2)
+    source = randomise(build_point_encoder("pointnext_s", embed_dim=40), seed=2)
     ckpt = _openpoints_checkpoint(source)
     model = build_point_encoder("pointnext_s", embed_dim=512)
     with pytest.raises(CheckpointError, match=r"shape mismatches.*40.*512|head='hidden'"):
@@ -138,7 +123,7 @@ def test_openpoints_classifier_into_embedding_model_with_head_hidden():
 
 
 def test_bare_encoder_state_dict():
-    source = _randomise(create_encoder("pointnext_s"), seed=4)
+    source = randomise(create_encoder("pointnext_s"), seed=4)
     target = create_encoder("pointnext_s").eval()
     assert detect_layout(source.state_dict()) == "encoder"
     load_pretrained(target, source.state_dict())
@@ -154,7 +139,7 @@ def test_bare_encoder_state_dict():
 
 
 def test_own_lightning_checkpoint_layout(tmp_path):
-    source = _randomise(build_point_encoder("pointnext_s", embed_dim=64), seed=6)
+    source = randomise(build_point_encoder("pointnext_s", embed_dim=64), seed=6)
     state = {"encoder." + k: v for k, v in source.state_dict().items()}  # CaptionlessModule.encoder
     state["loss.logit_scale"] = torch.tensor(2.3)
     path = tmp_path / "best.ckpt"
@@ -283,7 +268,7 @@ def official(tmp_path, monkeypatch):
         cfg = EasyConfig()
         cfg.load(str(path), recursive=False)
         torch.manual_seed(in_channels)
-        return _randomise(build_model_from_cfg(cfg.model).double(), seed=in_channels)
+        return randomise(build_model_from_cfg(cfg.model).double(), seed=in_channels)
 
     return build
 
