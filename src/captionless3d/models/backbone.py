@@ -1,4 +1,4 @@
-"""The contract every point backbone keeps, and the small pieces the non-PointNeXt backbones share.
+"""The contract every point backbone keeps (:func:`checked_inputs`), and the small pieces the backbones share.
 
 A *backbone* maps a batch of clouds to one global feature per cloud:
 
@@ -13,11 +13,12 @@ into the unit sphere by the data module), y up.
 channels (rgb for OpenShape / ULIP-2, normals for PointNet++ with ``normal_channel``). ``features=None`` derives it
 from ``xyz``: ``in_channels=3`` is ``xyz`` itself; ``in_channels=6`` is ``xyz`` + a constant grey ``constant_rgb``
 *only if the backbone was built with one* (OpenShape feeds rgb = 0.4 to clouds without colour; this is a config
-value, never a silent default). :class:`~captionless3d.models.pointnext.PointNextEncoder` keeps the same contract
-with its own input handling (``in_channels=4`` = xyz + height).
+value, never a silent default). :class:`~captionless3d.models.pointnext.PointNextEncoder` checks its input with the
+same :func:`checked_inputs` and derives its own ``features=None`` (``in_channels=4`` = xyz + height).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,9 +27,96 @@ from torch import Tensor, nn
 
 from captionless3d.errors import ConfigError, DataError
 
-from .pointnext import MAX_ABS_COORDINATE, batch_norm_last
+__all__ = [
+    "PointBackbone",
+    "checked_inputs",
+    "require_positive_ints",
+    "batch_norm_last",
+    "pointwise",
+    "conv_bn_relu",
+    "drop_path",
+]
 
-__all__ = ["PointBackbone", "pointwise", "conv_bn_relu", "drop_path"]
+#: Largest accepted |coordinate|: squared distances of points beyond ~1e19 overflow float32 (the max is ~3.4e38).
+MAX_ABS_COORDINATE = 1e18
+
+
+def batch_norm_last(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Apply ``bn`` (BatchNorm1d/2d over channels) to channels-last ``x (..., C)``, with the module's exact semantics
+    (batch statistics + running-stat update in training, running statistics in eval). A ``SyncBatchNorm`` (what
+    ``trainer.sync_batchnorm`` converts to) is called as a module, so its statistics are reduced across ranks."""
+    if isinstance(bn, nn.SyncBatchNorm):
+        return bn(x.reshape(-1, x.shape[-1])).view(x.shape)
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    else:
+        eaf = 0.0 if bn.momentum is None else bn.momentum
+    use_batch = bn.training or bn.running_mean is None
+    shape = x.shape
+    y = F.batch_norm(
+        x.reshape(-1, shape[-1]),
+        bn.running_mean if not bn.training or bn.track_running_stats else None,
+        bn.running_var if not bn.training or bn.track_running_stats else None,
+        bn.weight,
+        bn.bias,
+        use_batch,
+        eaf,
+        bn.eps,
+    )
+    return y.view(shape)
+
+
+def checked_inputs(xyz: Any, features: Any, *, in_channels: int, min_points: int, dtype: torch.dtype, who: str,
+                   why: str = "", default_features: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """The input contract of every backbone (module doc): checked ``xyz (B, N, 3)`` and channels-last
+    ``features (B, N, in_channels)``, both in ``dtype``; ``features=None`` becomes ``default_features(xyz)``.
+
+    Raises :class:`DataError` naming the problem: not a tensor, wrong shape, fewer than ``min_points`` points per cloud
+    (``who`` names the backbone, ``why`` says why), non-finite or enormous coordinates, features of the wrong shape.
+    """
+    if not isinstance(xyz, Tensor):
+        raise DataError(f"xyz must be a torch.Tensor of shape (B, N, 3), got {type(xyz).__name__}")
+    if xyz.dim() != 3 or xyz.shape[-1] != 3:
+        raise DataError(f"xyz must have shape (B, N, 3), got {tuple(xyz.shape)}")
+    B, N, _ = xyz.shape
+    if B == 0:
+        raise DataError("xyz: empty batch (B = 0)")
+    if N < min_points:
+        raise DataError(f"xyz has {N} points per cloud; {who} needs at least {min_points}{why}")
+    if not xyz.is_floating_point():
+        raise DataError(f"xyz must be a floating-point tensor, got {xyz.dtype}")
+    xyz = xyz.to(dtype)
+    if not bool(torch.isfinite(xyz).all()):
+        raise DataError("xyz contains NaN or Inf coordinates")
+    if bool((xyz.abs() > MAX_ABS_COORDINATE).any()):
+        # differences and squared distances of such coordinates overflow float32 into a silent NaN embedding
+        raise DataError(
+            f"xyz has coordinates beyond ±{MAX_ABS_COORDINATE:g} (max |x| = {float(xyz.abs().max()):.3g}): "
+            "normalise the clouds first (captionless3d.data.pointcloud.normalise_unit_sphere)"
+        )
+    if features is None:
+        f = default_features(xyz)
+    else:
+        if not isinstance(features, Tensor):
+            raise DataError(f"features must be a torch.Tensor (B, C, N), got {type(features).__name__}")
+        if features.dim() != 3 or tuple(features.shape) != (B, in_channels, N):
+            raise DataError(f"features must have shape (B, in_channels, N) = ({B}, {in_channels}, {N}), "
+                            f"got {tuple(features.shape)}")
+        if not features.is_floating_point():
+            raise DataError(f"features must be floating point, got {features.dtype}")
+        f = features.to(dtype).transpose(1, 2)
+        if not bool(torch.isfinite(f).all()):
+            raise DataError("features contain NaN or Inf")
+    return xyz.contiguous(), f.contiguous()
+
+
+def require_positive_ints(kind: str, **values: Any) -> None:
+    """:class:`ConfigError` ``"<kind>: <key> must be a positive int"`` for the first of ``values`` (in order) that is
+    not an ``int >= 1`` (a ``bool`` is not an int here)."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{kind}: {key} must be a positive int, got {value!r}")
 
 
 def pointwise(conv: nn.Module, x: Tensor) -> Tensor:
@@ -91,45 +179,18 @@ class PointBackbone(nn.Module):
         enormous coordinates, features of the wrong shape, or ``features=None`` where the backbone needs extra
         channels and has no ``constant_rgb``.
         """
-        if not isinstance(xyz, Tensor):
-            raise DataError(f"xyz must be a torch.Tensor of shape (B, N, 3), got {type(xyz).__name__}")
-        if xyz.dim() != 3 or xyz.shape[-1] != 3:
-            raise DataError(f"xyz must have shape (B, N, 3), got {tuple(xyz.shape)}")
-        B, N, _ = xyz.shape
-        if B == 0:
-            raise DataError("xyz: empty batch (B = 0)")
-        if N < self.min_points:
-            raise DataError(f"xyz has {N} points per cloud; {type(self).__name__} needs at least {self.min_points} "
-                            f"(it samples that many centres)")
-        if not xyz.is_floating_point():
-            raise DataError(f"xyz must be a floating-point tensor, got {xyz.dtype}")
-        dtype = self._param_dtype()
-        xyz = xyz.to(dtype)
-        if not bool(torch.isfinite(xyz).all()):
-            raise DataError("xyz contains NaN or Inf coordinates")
-        if bool((xyz.abs() > MAX_ABS_COORDINATE).any()):
-            raise DataError(f"xyz has coordinates beyond ±{MAX_ABS_COORDINATE:g}: normalise the clouds first "
-                            "(captionless3d.data.pointcloud.normalise_unit_sphere)")
-        if features is None:
-            if self.in_channels == 3:
-                f = xyz
-            elif self.constant_rgb is not None:
-                f = torch.cat([xyz, xyz.new_full((B, N, 3), self.constant_rgb)], dim=-1)
-            else:
-                raise DataError(
-                    f"{type(self).__name__} takes {self.in_channels} input channels (xyz + {self.in_channels - 3} "
-                    f"more) and was built without constant_rgb: pass features of shape (B, {self.in_channels}, N), "
-                    "or build it with constant_rgb=0.4 (OpenShape's grey for clouds without colour)"
-                )
-        else:
-            if not isinstance(features, Tensor):
-                raise DataError(f"features must be a torch.Tensor (B, C, N), got {type(features).__name__}")
-            if features.dim() != 3 or tuple(features.shape) != (B, self.in_channels, N):
-                raise DataError(f"features must have shape (B, in_channels, N) = ({B}, {self.in_channels}, {N}), "
-                                f"got {tuple(features.shape)}")
-            if not features.is_floating_point():
-                raise DataError(f"features must be floating point, got {features.dtype}")
-            f = features.to(dtype).transpose(1, 2)
-            if not bool(torch.isfinite(f).all()):
-                raise DataError("features contain NaN or Inf")
-        return xyz.contiguous(), f.contiguous()
+        return checked_inputs(xyz, features, in_channels=self.in_channels, min_points=self.min_points,
+                              dtype=self._param_dtype(), who=type(self).__name__, why=" (it samples that many centres)",
+                              default_features=self._default_features)
+
+    def _default_features(self, xyz: Tensor) -> Tensor:
+        """``features=None``: ``xyz`` itself, or ``xyz`` + the constant grey ``constant_rgb``."""
+        if self.in_channels == 3:
+            return xyz
+        if self.constant_rgb is not None:
+            return torch.cat([xyz, xyz.new_full((*xyz.shape[:2], 3), self.constant_rgb)], dim=-1)
+        raise DataError(
+            f"{type(self).__name__} takes {self.in_channels} input channels (xyz + {self.in_channels - 3} "
+            f"more) and was built without constant_rgb: pass features of shape (B, {self.in_channels}, N), "
+            "or build it with constant_rgb=0.4 (OpenShape's grey for clouds without colour)"
+        )

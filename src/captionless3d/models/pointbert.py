@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from captionless3d.errors import ConfigError
 
-from .backbone import PointBackbone, conv_bn_relu, pointwise
+from .backbone import PointBackbone, conv_bn_relu, pointwise, require_positive_ints
 from .factory import register_encoder
 from .ops import furthest_point_sample, gather_points, group_points, knn
 from .transformer import pre_norm_layer
@@ -117,10 +117,8 @@ class PointBERT(PointBackbone):
     ) -> None:
         super().__init__()
         self._init_inputs(in_channels, constant_rgb)
-        for key, value in (("num_group", num_group), ("group_size", group_size), ("encoder_dims", encoder_dims),
-                           ("trans_dim", trans_dim), ("depth", depth), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"pointbert: {key} must be a positive int, got {value!r}")
+        require_positive_ints("pointbert", num_group=num_group, group_size=group_size, encoder_dims=encoder_dims,
+                              trans_dim=trans_dim, depth=depth, num_heads=num_heads)
         if trans_dim % num_heads:
             raise ConfigError(f"pointbert: trans_dim={trans_dim} is not divisible by num_heads={num_heads}")
         if not 0.0 <= drop_path_rate < 1.0:

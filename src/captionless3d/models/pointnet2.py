@@ -39,10 +39,9 @@ from torch import Tensor, nn
 
 from captionless3d.errors import ConfigError
 
-from .backbone import PointBackbone, conv_bn_relu
+from .backbone import PointBackbone, batch_norm_last, conv_bn_relu
 from .factory import register_encoder
 from .ops import ball_query, furthest_point_sample, gather_points, group_points
-from .pointnext import batch_norm_last
 
 __all__ = ["PointNetSetAbstraction", "PointNet2SSG"]
 

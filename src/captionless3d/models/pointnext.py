@@ -33,39 +33,10 @@ from torch import Tensor, nn
 from captionless3d.errors import ConfigError, DataError
 
 from . import grouped as _grouped
+from .backbone import batch_norm_last, checked_inputs
 from .ops import ball_query, furthest_point_sample, gather_points, group_points, in_export_mode, random_sample
 
 __all__ = ["PointNextEncoder", "ConvBlock", "SetAbstraction", "InvResMLP", "LocalAggregation", "batch_norm_last"]
-
-#: Largest accepted |coordinate|: squared distances of points beyond ~1e19 overflow float32 (the max is ~3.4e38).
-MAX_ABS_COORDINATE = 1e18
-
-
-def batch_norm_last(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    """Apply ``bn`` (BatchNorm1d/2d over channels) to channels-last ``x (..., C)``, with the module's exact semantics
-    (batch statistics + running-stat update in training, running statistics in eval). A ``SyncBatchNorm`` (what
-    ``trainer.sync_batchnorm`` converts to) is called as a module, so its statistics are reduced across ranks."""
-    if isinstance(bn, nn.SyncBatchNorm):
-        return bn(x.reshape(-1, x.shape[-1])).view(x.shape)
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        eaf = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    else:
-        eaf = 0.0 if bn.momentum is None else bn.momentum
-    use_batch = bn.training or bn.running_mean is None
-    shape = x.shape
-    y = F.batch_norm(
-        x.reshape(-1, shape[-1]),
-        bn.running_mean if not bn.training or bn.track_running_stats else None,
-        bn.running_var if not bn.training or bn.track_running_stats else None,
-        bn.weight,
-        bn.bias,
-        use_batch,
-        eaf,
-        bn.eps,
-    )
-    return y.view(shape)
-
 
 class ConvBlock(nn.Sequential):
     """OpenPoints' ``create_convblock{1,2}d`` (order conv-norm-act): ``Conv(k=1) [-> BN] [-> ReLU]``.
@@ -440,55 +411,21 @@ class PointNextEncoder(nn.Module):
 
     # ------------------------------------------------------------------ inputs
     def _prepare(self, xyz: Any, features: Any) -> tuple[Tensor, Tensor]:
-        if not isinstance(xyz, Tensor):
-            raise DataError(f"xyz must be a torch.Tensor of shape (B, N, 3), got {type(xyz).__name__}")
-        if xyz.dim() != 3 or xyz.shape[-1] != 3:
-            raise DataError(f"xyz must have shape (B, N, 3), got {tuple(xyz.shape)}")
-        B, N, _ = xyz.shape
-        if B == 0:
-            raise DataError("xyz: empty batch (B = 0)")
-        if N < self.min_points:
-            raise DataError(
-                f"xyz has {N} points per cloud; this encoder (strides {self.strides}) needs at least "
-                f"{self.min_points}"
-            )
-        if not xyz.is_floating_point():
-            raise DataError(f"xyz must be a floating-point tensor, got {xyz.dtype}")
-        dtype = self.encoder[0][0].convs[0][0].weight.dtype
-        xyz = xyz.to(dtype)
-        if not bool(torch.isfinite(xyz).all()):
-            raise DataError("xyz contains NaN or Inf coordinates")
-        if bool((xyz.abs() > MAX_ABS_COORDINATE).any()):
-            # differences and squared distances of such coordinates overflow float32 into a silent NaN embedding
-            raise DataError(
-                f"xyz has coordinates beyond ±{MAX_ABS_COORDINATE:g} (max |x| = {float(xyz.abs().max()):.3g}): "
-                "normalise the clouds first (captionless3d.data.pointcloud.normalise_unit_sphere)"
-            )
-        if features is None:
-            if self.in_channels == 3:
-                f = xyz
-            elif self.in_channels == 4:
-                h = xyz[..., self.height_dim : self.height_dim + 1]
-                f = torch.cat([xyz, h - h.min(dim=1, keepdim=True).values], dim=-1)
-            else:
-                raise DataError(
-                    f"features=None only works for in_channels 3 (xyz) or 4 (xyz + height); this encoder has "
-                    f"in_channels={self.in_channels}, pass features of shape (B, {self.in_channels}, N)"
-                )
-        else:
-            if not isinstance(features, Tensor):
-                raise DataError(f"features must be a torch.Tensor (B, C, N), got {type(features).__name__}")
-            if features.dim() != 3 or tuple(features.shape) != (B, self.in_channels, N):
-                raise DataError(
-                    f"features must have shape (B, in_channels, N) = ({B}, {self.in_channels}, {N}), "
-                    f"got {tuple(features.shape)}"
-                )
-            if not features.is_floating_point():
-                raise DataError(f"features must be floating point, got {features.dtype}")
-            f = features.to(dtype).transpose(1, 2)
-            if not bool(torch.isfinite(f).all()):
-                raise DataError("features contain NaN or Inf")
-        return xyz.contiguous(), f.contiguous()
+        return checked_inputs(xyz, features, in_channels=self.in_channels, min_points=self.min_points,
+                              dtype=self.encoder[0][0].convs[0][0].weight.dtype,
+                              who=f"this encoder (strides {self.strides})", default_features=self._default_features)
+
+    def _default_features(self, xyz: Tensor) -> Tensor:
+        """``features=None``: ``xyz`` (``in_channels=3``) or ``xyz`` + height above the cloud's lowest point (4)."""
+        if self.in_channels == 3:
+            return xyz
+        if self.in_channels == 4:
+            h = xyz[..., self.height_dim : self.height_dim + 1]
+            return torch.cat([xyz, h - h.min(dim=1, keepdim=True).values], dim=-1)
+        raise DataError(
+            f"features=None only works for in_channels 3 (xyz) or 4 (xyz + height); this encoder has "
+            f"in_channels={self.in_channels}, pass features of shape (B, {self.in_channels}, N)"
+        )
 
     # ----------------------------------------------------------------- forward
     def forward_stages(self, xyz: Tensor, features: Tensor | None = None) -> tuple[list[Tensor], list[Tensor]]:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from captionless3d.errors import ConfigError
 
-from .backbone import PointBackbone, pointwise
+from .backbone import PointBackbone, pointwise, require_positive_ints
 from .factory import register_encoder
 from .pointnet2 import PointNetSetAbstraction
 from .transformer import pre_norm_layer
@@ -103,10 +103,8 @@ class PointPatchTransformer(PointBackbone):
     ) -> None:
         super().__init__()
         self._init_inputs(in_channels, constant_rgb)
-        for key, value in (("dim", dim), ("depth", depth), ("heads", heads), ("mlp_dim", mlp_dim), ("sa_dim", sa_dim),
-                           ("patches", patches), ("nsample", nsample), ("dim_head", dim_head)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ppat: {key} must be a positive int, got {value!r}")
+        require_positive_ints("ppat", dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, sa_dim=sa_dim,
+                              patches=patches, nsample=nsample, dim_head=dim_head)
         if proj_dim is not None and (isinstance(proj_dim, bool) or not isinstance(proj_dim, int) or proj_dim < 1):
             raise ConfigError(f"ppat: proj_dim must be a positive int or null, got {proj_dim!r}")
         if not isinstance(patch_dropout, int) or not 0 <= patch_dropout < patches:
