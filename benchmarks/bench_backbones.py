@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from typing import Any
 
 import torch
@@ -36,27 +35,11 @@ MODELS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def measure(name: str, kwargs: dict[str, Any], *, batch: int, points: int, repeats: int,
             device: torch.device) -> dict[str, Any]:
     """Train-step and forward throughput of one model (module doc)."""
     from captionless3d.models import build_point_encoder
+    from captionless3d.utils.timing import time_calls
 
     torch.manual_seed(0)
     model = build_point_encoder(name, embed_dim=512, **kwargs).to(device)
@@ -75,9 +58,9 @@ def measure(name: str, kwargs: dict[str, Any], *, batch: int, points: int, repea
             model(x)
 
     model.train()
-    t_train = _timed(train_step, repeats, device)
+    t_train = statistics.median(time_calls(train_step, device, repeats=repeats))
     model.eval()
-    t_fwd = _timed(forward, repeats, device)
+    t_fwd = statistics.median(time_calls(forward, device, repeats=repeats))
     return {"name": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch, "points": points,
             "device": str(device), "train_step_s": t_train, "train_samples_per_s": batch / t_train,
             "fwd_samples_per_s": batch / t_fwd}

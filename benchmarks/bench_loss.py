@@ -16,6 +16,7 @@ import torch
 
 from captionless3d.losses import WeightedDenominatorLoss
 from captionless3d.mining import PriorStore
+from captionless3d.utils.timing import time_calls
 
 
 def make_stores(n_objects: int, n_cat: int, dim: int):
@@ -36,17 +37,7 @@ def make_stores(n_objects: int, n_cat: int, dim: int):
 
 
 def bench(fn, repeats: int, device: str) -> tuple[float, float]:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    times = time_calls(fn, device, warmup=3, repeats=repeats)
     return statistics.median(times) * 1e3, min(times) * 1e3
 
 

@@ -46,6 +46,7 @@ import torch  # noqa: E402
 
 from captionless3d.errors import ConfigError  # noqa: E402
 from captionless3d.models import build_point_encoder, ops, triton_ops  # noqa: E402
+from captionless3d.utils.timing import time_calls  # noqa: E402
 
 #: (label, B, N, npoint): PointNeXt-S's first FPS at 2048 points; larger clouds; the tiled kernel above 16,384.
 FPS_CASES = [("pointnext 32x2048->1024", 32, 2048, 1024), ("32x8192->2048", 32, 8192, 2048),
@@ -81,24 +82,6 @@ def _cloud(B: int, N: int, seed: int, device: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, N, 3, generator=g)
     return (x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)).to(device)
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn, device: str, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _emit(obj: dict) -> None:
@@ -215,7 +198,7 @@ def ops_alone(bk: Backends, device: str, cases: dict, warmup: int, repeats: int)
                 continue
             fn = getattr(bk, op)(name)
             try:
-                med = statistics.median(_time(lambda: call(fn, *args), device, warmup, repeats))
+                med = statistics.median(time_calls(lambda: call(fn, *args), device, warmup=warmup, repeats=repeats))
             except Exception as exc:  # noqa: BLE001 - report and go on
                 row = {"op": op, "case": label, "backend": name, "error": f"{type(exc).__name__}: {exc}"[:300]}
             else:
@@ -260,7 +243,7 @@ def throughput(bk: Backends, device: str, cases: list, warmup: int, repeats: int
             t0 = time.perf_counter()
             row = {"backend": name, "mode": mode, "B": B, "N": N, "precision": precision}
             try:
-                med = statistics.median(_time(step, device, warmup, repeats))
+                med = statistics.median(time_calls(step, device, warmup=warmup, repeats=repeats))
             except Exception as exc:  # noqa: BLE001 - report and go on with the next configuration
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             else:
@@ -312,7 +295,7 @@ def _interpreter_sizes():
 def matmul_tflops(device: str, n: int = 8192) -> float:
     torch.backends.cuda.matmul.allow_tf32 = False
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = _time(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
+    times = time_calls(lambda: torch.mm(a, b), device, warmup=2, repeats=5)
     return 2 * n**3 / min(times) / 1e12
 
 
