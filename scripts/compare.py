@@ -28,17 +28,13 @@ from captionless3d.errors import Captionless3DError
 from captionless3d.evaluation.compare import (
     collect_runs,
     collect_seeded_runs,
-    comparison_table,
     find_summaries,
+    merge_runs,
     paired_report,
     paired_title,
-    params_of_runs,
-    runs_chance,
-    samecat_table,
     save_paired,
     seed_of,
     unseeded_runs,
-    with_oracle,
 )
 from captionless3d.evaluation.paired import DEFAULT_PAIRED_METRICS, paired_markdown
 
@@ -66,16 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         unseeded = unseeded_runs(summaries, args.benchmark)
         if not unseeded:
             collect_seeded_runs(summaries, args.benchmark)  # a duplicate (experiment, seed) fails before any output
-        params_m = params_of_runs(summaries, args.benchmark)
-        chance, _ = runs_chance(summaries, args.benchmark)
-        table = comparison_table(with_oracle(groups, summaries, args.benchmark), args.benchmark, params_m=params_m,
-                                 chance=chance)
+        merged = merge_runs(groups, summaries, args.benchmark)
+        table = merged.main_table()
         print(table.to_markdown())
         out = args.out or args.paths[0]
         table.save(out)
         if args.same_category:
-            samecat = samecat_table(with_oracle(groups, summaries, args.benchmark), args.benchmark, params_m=params_m,
-                                    chance=chance)
+            samecat = merged.samecat_table()
             print(samecat.to_markdown())
             samecat.save(Path(out) / "samecat")
         if unseeded:

@@ -371,28 +371,17 @@ def reproduce(
     clock.say(f"  all {len(wanted)} runs finished (training {duration(launched.seconds)})")
 
     clock.say("stage 3/3: merging the runs into the tables")
-    from captionless3d.evaluation.compare import (
-        collect_runs,
-        comparison_table,
-        paired_report,
-        paired_title,
-        params_of_runs,
-        runs_chance,
-        samecat_table,
-        save_paired,
-        with_oracle,
-    )
+    from captionless3d.evaluation.compare import collect_runs, merge_runs, paired_report, paired_title, save_paired
     from captionless3d.evaluation.paired import paired_markdown, paired_to_dict
 
     summaries = [(run.run_dir / "summary.json", run.summary) for run in runs]
     try:
         groups = collect_runs([out], benchmark, summaries)
-        params_m = params_of_runs(summaries, benchmark)
-        chance, sizes = runs_chance(summaries, benchmark)
+        merged = merge_runs(groups, summaries, benchmark)
+        chance, sizes = merged.chance, merged.sizes
         paired = paired_report(summaries, benchmark, reference) if reference in groups else None
-        groups = with_oracle(groups, summaries, benchmark)
-        main_table = comparison_table(groups, benchmark, params_m=params_m, chance=chance)
-        same_table = samecat_table(groups, benchmark, params_m=params_m, chance=chance)
+        main_table = merged.main_table()
+        same_table = merged.samecat_table()
         main_table.save(out)
         same_table.save(out / "samecat")
         if paired is not None:

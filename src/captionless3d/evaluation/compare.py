@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -33,12 +34,14 @@ from captionless3d.utils.atomic import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "SAMECAT_COLUMNS",
+    "MergedRuns",
     "collect_runs",
     "collect_seeded_runs",
     "comparison_table",
     "experiment_of",
     "find_seed",
     "find_summaries",
+    "merge_runs",
     "oracle_runs",
     "paired_report",
     "paired_title",
@@ -180,6 +183,36 @@ def samecat_table(
         title=f"{benchmark}: same-category gallery retrieval, mean ± std over seeds",
         protocol_note=f"{note} {protocol_note}".strip(), chance=chance,
     )
+
+
+@dataclass
+class MergedRuns:
+    """The runs of one benchmark ready for the tables (:func:`merge_runs`): ``groups`` with the teacher-oracle row,
+    ``params_m``, the shared test split's ``chance`` levels and ``sizes`` (:func:`runs_chance`)."""
+
+    benchmark: str
+    groups: dict[str, list[dict[str, float]]]
+    params_m: dict[str, float]
+    chance: dict[str, float]
+    sizes: dict[str, int]
+
+    def main_table(self) -> ResultsTable:
+        """:func:`comparison_table` of the runs (paper layout, chance row)."""
+        return comparison_table(self.groups, self.benchmark, params_m=self.params_m, chance=self.chance)
+
+    def samecat_table(self) -> ResultsTable:
+        """:func:`samecat_table` of the runs (:class:`DataError` when they have no same-category metrics)."""
+        return samecat_table(self.groups, self.benchmark, params_m=self.params_m, chance=self.chance)
+
+
+def merge_runs(groups: dict[str, list[dict[str, float]]], summaries: list[tuple[Path, dict]],
+               benchmark: str) -> MergedRuns:
+    """``groups`` (:func:`collect_runs` of ``summaries``) with what the tables add from the summaries: the
+    parameter counts, the chance levels and test-split sizes, and the teacher-oracle row (what ``scripts/compare.py``
+    and ``make reproduce`` both show)."""
+    params_m = params_of_runs(summaries, benchmark)
+    chance, sizes = runs_chance(summaries, benchmark)
+    return MergedRuns(benchmark, with_oracle(groups, summaries, benchmark), params_m, chance, sizes)
 
 
 def find_seed(summary_path: Path, summary: dict) -> int | None:
