@@ -55,8 +55,8 @@ def measure(cfg, split: str = "test", progress: bool = True) -> dict:
     prepared = prepare(cfg, with_priors=False)
     world, teacher, features = prepared.collection, prepared.teacher, prepared.features
     if not isinstance(world, SyntheticWorld):
-        raise ConfigError(f"data: {getattr(world, 'name', world)} is not a synthetic world; only those can be "
-                          "re-rendered")
+        raise ConfigError(f"data: {getattr(world, 'name', world)} is not a synthetic world; "
+                          "only those can be re-rendered")
     index = np.asarray(world.indices(split), dtype=np.int64)
     started = time.perf_counter()
     grey = rerender_views(world, index, "grey", progress=progress)

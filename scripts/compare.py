@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paired-metrics", nargs="+", metavar="KEY", default=None,
                         help=f"metric keys of the paired comparison (default: {' '.join(DEFAULT_PAIRED_METRICS)})")
     parser.add_argument("--lower-is-better", nargs="+", metavar="PATTERN", default=[],
-                        help="metric key patterns (fnmatch) where lower is better in the paired comparison "
-                             "(default: none)")
+                        help="metric key patterns (fnmatch) where lower is better "
+                             "in the paired comparison (default: none)")
     args = parser.parse_args(argv)
     try:
         summaries = find_summaries(args.paths)

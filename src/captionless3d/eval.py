@@ -37,8 +37,8 @@ log = logging.getLogger("captionless3d.eval")
 def find_latest_checkpoint(output_dir: Path) -> Path:
     candidates = best_checkpoints(output_dir)
     if not candidates:
-        raise CheckpointError(f"ckpt=latest: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or "
-                              "pass ckpt=<path>")
+        raise CheckpointError(f"ckpt=latest: no checkpoints/best*.ckpt under {output_dir / 'train'}; "
+                              "train first or pass ckpt=<path>")
     return candidates[-1]
 
 
@@ -61,8 +61,8 @@ def newest_per_experiment(output_dir: Path) -> list[Path]:
     overall (same teacher, data, epochs, points, batch size and seed); the others are logged and left out."""
     candidates = best_checkpoints(output_dir)
     if not candidates:
-        raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; train first or pass "
-                              "ckpt=<path>")
+        raise CheckpointError(f"ckpt=all: no checkpoints/best*.ckpt under {output_dir / 'train'}; "
+                              "train first or pass ckpt=<path>")
     reference: dict[str, Any] | None = None
     chosen: dict[str, Path] = {}
     for path in reversed(candidates):  # newest first
@@ -70,8 +70,8 @@ def newest_per_experiment(output_dir: Path) -> list[Path]:
         signature = comparable_signature(meta)
         reference = reference or signature
         if signature != reference:
-            log.info("ckpt=all: leaving out %s (%s differs from the newest checkpoint's %s)", path, signature,
-                     reference)
+            log.info("ckpt=all: leaving out %s (%s differs from the newest checkpoint's %s)",
+                     path, signature, reference)
             continue
         chosen.setdefault(str(meta.get("experiment", path.stem)), path)
     return [chosen[name] for name in sorted(chosen)]

@@ -187,8 +187,8 @@ class WeightedDenominatorLoss(nn.Module):
         """Loss for a (local) batch: ``image_emb (B, D)``, ``point_emb (B, D)``, global object ``index (B,)``
         (needed when ``priors`` is non-empty). Returns a float32 scalar."""
         if image_emb.ndim != 2 or image_emb.shape != point_emb.shape:
-            raise DataError(f"loss: image_emb {tuple(image_emb.shape)} and point_emb {tuple(point_emb.shape)} must "
-                            "both be (B, D)")
+            raise DataError(f"loss: image_emb {tuple(image_emb.shape)} and point_emb {tuple(point_emb.shape)} "
+                            "must both be (B, D)")
         batch = image_emb.shape[0]
         if batch == 0:
             raise DataError("loss: empty batch")

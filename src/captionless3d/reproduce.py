@@ -197,8 +197,8 @@ def report_markdown(info: Mapping[str, Any], main_md: str, samecat_md: str, runs
     preset = info["preset"]
     sizes = info["test_split"]
     return "\n".join([
-        f"# Reproduced table: preset `{preset['name']}` ({len(info['variants'])} variants × {len(info['seeds'])} "
-        "seeds)",
+        f"# Reproduced table: preset `{preset['name']}` "
+        f"({len(info['variants'])} variants × {len(info['seeds'])} seeds)",
         "",
         f"Preset `{preset['name']}`: {preset['description']}."
         + (" **This run departs from the preset**: its variants, seeds and overrides are listed below."
@@ -253,8 +253,8 @@ def doc_markdown(info: Mapping[str, Any], main_md: str, samecat_md: str, runs_md
     return "\n".join([
         f"# Synthetic world: {', '.join(info['variants'])} ({len(info['seeds'])} seeds)",
         "",
-        f"Measured {info['started'][:10]} on a {info['host']['cpus']}-CPU machine (code {info['git'] or 'unknown'}) "
-        "with",
+        f"Measured {info['started'][:10]} on a {info['host']['cpus']}-CPU machine "
+        f"(code {info['git'] or 'unknown'}) with",
         "",
         "```bash",
         info["command_line"],
@@ -324,8 +324,8 @@ def reproduce(
         seeds = tuple(seeds if seeds is not None else preset.seeds)
         for override in extra_overrides:
             if override.split("=", 1)[0].lstrip("+~") in ("experiment", "seed"):
-                raise ConfigError(f"{override!r}: choose experiments and seeds with --variants / --seeds, not "
-                                  "overrides")
+                raise ConfigError(f"{override!r}: choose experiments and seeds with --variants / --seeds, "
+                                  "not overrides")
         if len(set(seeds)) != len(seeds) or len(set(variants)) != len(variants):
             raise ConfigError(f"--seeds {list(seeds)} / --variants {list(variants)}: each value once")
         if write_doc is not None and write_doc.exists():

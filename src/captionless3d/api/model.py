@@ -424,8 +424,8 @@ class Captionless3DModel:
             return ("image" if first.dtype in (np.uint8, torch.uint8) else "points"), value
         if type(first).__module__.startswith("PIL."):
             return "image", value
-        raise DataError(f"search: cannot tell what kind of query a {type(first).__name__} is; use image=, text= or "
-                        "points=")
+        raise DataError(f"search: cannot tell what kind of query a {type(first).__name__} is; "
+                        "use image=, text= or points=")
 
     def search(
         self,

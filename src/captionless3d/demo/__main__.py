@@ -57,8 +57,8 @@ def prepare(args: argparse.Namespace):
         index, collection = ensure_demo_index(model, splits=args.splits)
     labels = args.labels or (list(collection.categories) if collection is not None else None)
     if not labels:
-        raise ConfigError("--labels: give the zero-shot labels (the index does not come with a world to take them "
-                          "from)")
+        raise ConfigError("--labels: give the zero-shot labels "
+                          "(the index does not come with a world to take them from)")
     examples_dir = index.directory.parent / "examples"
     examples = sorted(examples_dir.iterdir()) if examples_dir.is_dir() else []
     return DemoService(model, index, labels, k=args.k, title=f"captionless3d demo: {model.experiment or ckpt}",

@@ -82,8 +82,8 @@ def _selection_notes(selection: Mapping[str, Any]) -> str:
     probe = selection.get("linear_probe")
     if probe:
         l2 = probe["l2"]
-        parts.append(f"linear probe: L2 weight {float(l2):g} chosen on val (val top-1 {probe['val_top1'][str(l2)]:.1f} "
-                     "%)")
+        val_top1 = probe["val_top1"][str(l2)]
+        parts.append(f"linear probe: L2 weight {float(l2):g} chosen on val (val top-1 {val_top1:.1f} %)")
     tuned = selection.get("finetune")
     if tuned:
         epoch = int(tuned["epoch"])

@@ -38,8 +38,8 @@ from captionless3d.teacher.store_format import DEFAULT_PROMPT_TEMPLATE
 
 PROTOCOL_PARTS: dict[str, str] = {
     "selection": (
-        "checkpoint selected on the validation split (val/loss); test split used only here (nothing is selected "
-        "on test)."
+        "checkpoint selected on the validation split (val/loss); "
+        "test split used only here (nothing is selected on test)."
     ),
     "zeroshot": (
         f"zero-shot: single template '{DEFAULT_PROMPT_TEMPLATE}' (zeroshot/...), plus each averaged template set "
@@ -113,8 +113,8 @@ def _text_classifiers(
             classifiers[name] = prompt_emb
             continue
         if teacher is None:
-            raise ConfigError(f"runner.templates: template set {name!r} needs the teacher to embed its prompts, and "
-                              "none was given")
+            raise ConfigError(f"runner.templates: template set {name!r} needs the teacher to embed its prompts, "
+                              "and none was given")
         from captionless3d.teacher.classifier import zero_shot_classifier
 
         classifiers[name] = zero_shot_classifier(teacher, list(categories), name)

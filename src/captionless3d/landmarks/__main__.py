@@ -61,8 +61,8 @@ def run_landmarks(cfg: DictConfig) -> dict[str, Any]:
     else:
         cats = [taxonomy.get(str(c), str(c)) for c in (cfg.get("categories") or [])]
         if not cats:
-            raise ConfigError("categories: give the categories to generate, e.g. categories=[chair,table] (or "
-                              "import_from=<file>)")
+            raise ConfigError("categories: give the categories to generate, "
+                              "e.g. categories=[chair,table] (or import_from=<file>)")
         llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
         backend = build_backend(llm_cfg)
         log.info("generating %d landmarks for %d categories with %s", int(cfg.count), len(cats), backend.id)

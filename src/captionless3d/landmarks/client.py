@@ -213,8 +213,8 @@ class OpenAIChatClient:
                 if attempt == self.max_retries:
                     break
                 delay = self._delay(attempt, exc.retry_after)
-                log.warning("LLM request failed (%s); retry %d/%d in %.1f s", last, attempt + 1, self.max_retries,
-                            delay)
+                log.warning("LLM request failed (%s); retry %d/%d in %.1f s",
+                            last, attempt + 1, self.max_retries, delay)
                 self._sleep(delay)
         raise LLMError(f"{self.base_url}/chat/completions: giving up after {self.max_retries + 1} attempts; last "
                        f"error: {last}")

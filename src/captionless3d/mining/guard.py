@@ -54,8 +54,8 @@ class FalseNegativeGuard:
         if weight is None:
             weight = getattr(prior, "delta", None)
             if weight is None:
-                raise ConfigError(f"mining.guard.weight: the wrapped prior {type(prior).__name__} has no delta; give a "
-                                  "weight")
+                raise ConfigError(f"mining.guard.weight: the wrapped prior {type(prior).__name__} has no delta; "
+                                  "give a weight")
         try:
             threshold, weight = float(threshold), float(weight)
         except (TypeError, ValueError) as exc:
@@ -76,8 +76,8 @@ class FalseNegativeGuard:
         r = _as_index(rows, l.device)
         c = _as_index(cols, l.device)
         if l.shape != (r.numel(), c.numel()):
-            raise DataError(f"FalseNegativeGuard: prior returned shape {tuple(l.shape)} for {r.numel()} x {c.numel()} "
-                            "pairs")
+            raise DataError(f"FalseNegativeGuard: prior returned shape {tuple(l.shape)} "
+                            f"for {r.numel()} x {c.numel()} pairs")
         near = (l > self.threshold) & (r[:, None] != c[None, :])
         self.last_guarded = near.sum()
         return torch.where(near, torch.full((), self.weight, dtype=l.dtype, device=l.device), l)

@@ -247,8 +247,8 @@ class PriorStore:
         if mask.dtype != bool:
             raise DataError(f"member_mask: expected a bool array, got dtype {mask.dtype}")
         if mask.size != n or len(view_emb) != n:
-            raise DataError(f"PriorStore.build: labels ({n}), member_mask ({mask.size}) and view_emb ({len(view_emb)}) "
-                            "differ in length")
+            raise DataError(f"PriorStore.build: labels ({n}), member_mask ({mask.size}) "
+                            f"and view_emb ({len(view_emb)}) differ in length")
         if getattr(view_emb, "ndim", None) != 3:
             raise DataError(f"view_emb: expected (N, V, D), got shape {tuple(getattr(view_emb, 'shape', ()))}")
         labels = labels.astype(np.int64)

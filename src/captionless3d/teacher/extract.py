@@ -395,8 +395,8 @@ def finalise_store(
     done = finished_shards(directory, plan, verify=False)
     missing = [k for k in range(plan.num_shards) if k not in done]
     if missing:
-        raise CacheError(f"feature store {directory}: shards {missing[:10]} are not finished; cannot write the "
-                         "manifest")
+        raise CacheError(f"feature store {directory}: shards {missing[:10]} are not finished; "
+                         "cannot write the manifest")
     t1 = time.perf_counter()
     texts = encode_text_arrays(collection, teacher, prompt_template=prompt_template, landmarks=landmarks,
                                batch_size=batch_size, progress=progress)

@@ -268,8 +268,8 @@ def load_feature_store(
         if rel not in files:
             raise CacheError(f"{where}: {rel} is not listed in the manifest")
         if verify_checksums and file_sha256(directory / rel) != files[rel]:
-            raise CacheError(f"{directory / rel}: checksum mismatch, the file is corrupt or was modified after the "
-                             "manifest")
+            raise CacheError(f"{directory / rel}: checksum mismatch, "
+                             "the file is corrupt or was modified after the manifest")
     arrays: dict[str, Any] = {}
     for name in SHARDED_ARRAYS:
         rels = [shard_file(name, k) for k in range(num_shards)]

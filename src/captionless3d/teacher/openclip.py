@@ -71,8 +71,8 @@ def load_model_config(model_config: str | os.PathLike | Mapping[str, Any]) -> di
         cfg = cfg["model_cfg"]
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
-        raise ConfigError(f"{where}: missing required OpenCLIP config keys {missing} (need embed_dim, vision_cfg, "
-                          "text_cfg)")
+        raise ConfigError(f"{where}: missing required OpenCLIP config keys {missing} "
+                          "(need embed_dim, vision_cfg, text_cfg)")
     return cfg
 
 

@@ -56,8 +56,8 @@ class ShardedArray:
         self.paths = [Path(p) for p in paths]
         self.bounds = np.asarray(bounds, dtype=np.int64)
         if self.bounds.shape != (len(self.paths) + 1,) or self.bounds[0] != 0 or np.any(np.diff(self.bounds) <= 0):
-            raise CacheError(f"{name}: shard bounds {self.bounds.tolist()[:8]} do not tile 0..N for {len(self.paths)} "
-                             "shards")
+            raise CacheError(f"{name}: shard bounds {self.bounds.tolist()[:8]} "
+                             f"do not tile 0..N for {len(self.paths)} shards")
         self.item_shape = tuple(int(s) for s in item_shape)
         self.dtype = np.dtype(dtype)
         self.name = name
@@ -136,8 +136,8 @@ class ShardedArray:
         if not path.is_file():
             raise CacheError(f"{self._where(k)}: shard file is missing")
         if self.verify == "lazy" and file_sha256(path) != self.checksums[k]:
-            raise CacheError(f"{self._where(k)}: checksum mismatch, the shard is corrupt or was modified after the "
-                             "manifest")
+            raise CacheError(f"{self._where(k)}: checksum mismatch, "
+                             "the shard is corrupt or was modified after the manifest")
         try:
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:

@@ -482,8 +482,8 @@ def teacher_training_data(world: Any, split: str = "teacher", *,
     background set to black) and captions of ``world``'s ``split`` objects."""
     idx = np.asarray(world.indices(split), dtype=np.int64)
     if len(idx) == 0:
-        raise DataError(f"{getattr(world, 'name', 'collection')}: no objects in split {split!r} to train the teacher "
-                        "on")
+        name = getattr(world, "name", "collection")
+        raise DataError(f"{name}: no objects in split {split!r} to train the teacher on")
     parts = [np.asarray(world.views[idx])]
     photos = getattr(world, "photos", None)
     if photos is not None and np.asarray(photos[idx[:1]]).shape[2:4] == parts[0].shape[2:4]:

@@ -80,8 +80,8 @@ def check_sampler_config(config: Mapping[str, Any], batch_size: int,
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
         raise ConfigError(f"{prefix}.topk must be an integer >= 1, got {topk!r}")
     if topk < group_size - 1:
-        raise ConfigError(f"{prefix}.topk={topk} is smaller than group_size - 1 = {group_size - 1}: groups could never "
-                          "fill up")
+        raise ConfigError(f"{prefix}.topk={topk} is smaller than group_size - 1 = {group_size - 1}: "
+                          "groups could never fill up")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (0.0 <= float(fraction) <= 1.0):
         raise ConfigError(f"{prefix}.hard_fraction must be a number in [0, 1], got {fraction!r}")
     hard_slots = int(round(float(fraction) * batch_size))

@@ -306,8 +306,8 @@ def gen_bed(p: Params, b: MeshBuilder, st: int) -> dict:
         bunk(gap)
         for sx in (-1, 1):
             for sz in (-1, 1):
-                b.box((sx * (w / 2 + 0.03), (fh + gap + 0.35) / 2, sz * (L / 2 + 0.03)), (0.06, fh + gap + 0.35, 0.06),
-                      col)
+                b.box((sx * (w / 2 + 0.03), (fh + gap + 0.35) / 2, sz * (L / 2 + 0.03)),
+                      (0.06, fh + gap + 0.35, 0.06), col)
         for sz in (-1, 1):
             b.box((0, fh + gap + 0.25, sz * (L / 2 + 0.03)), (w, 0.05, 0.04), col)
         x = w / 2 + 0.06
