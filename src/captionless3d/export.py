@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,19 +150,40 @@ def _example(n_points: int, batch: int = 2, seed: int = 0) -> Tensor:
 
 
 def export_torchscript(model: nn.Module, n_points: int, path: str | os.PathLike) -> Path:
-    """Trace :class:`ExportablePointEncoder` and save it (load with ``torch.jit.load``)."""
+    """Trace :class:`ExportablePointEncoder` and save it (load with ``torch.jit.load``), without the tracer's debug
+    records (:func:`_without_debug_records`)."""
+    import io
     import warnings
 
-    from captionless3d.utils.atomic import atomic_write_with
+    from captionless3d.utils.atomic import atomic_write_bytes
 
     wrapper = ExportablePointEncoder(model, n_points, check_input=True).eval()
     path = Path(path)
+    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream (torch 2.14) but works
         traced = torch.jit.trace(wrapper, (_example(n_points),), check_trace=False)
-        atomic_write_with(path, lambda tmp: torch.jit.save(traced, str(tmp)))
+        torch.jit.save(traced, buffer)
+    atomic_write_bytes(path, _without_debug_records(buffer.getvalue()))
     return path
+
+
+def _without_debug_records(archive: bytes) -> bytes:
+    """A TorchScript archive without its ``*.debug_pkl`` records: they hold the Python call stack of the trace (the
+    absolute paths of the exporting machine's source files and scripts) and are optional for ``torch.jit.load``,
+    whose errors then cite the serialized code instead of the original source lines."""
+    import io
+
+    reader = torch._C.PyTorchFileReader(io.BytesIO(archive))
+    out = io.BytesIO()
+    writer = torch._C.PyTorchFileWriter(out)
+    for name in reader.get_all_records():
+        if not name.endswith(".debug_pkl"):
+            data = reader.get_record(name)
+            writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
+    return out.getvalue()
 
 
 def export_onnx(model: nn.Module, n_points: int, path: str | os.PathLike, *, opset: int = ONNX_OPSET) -> Path:
@@ -234,9 +256,67 @@ def load_safetensors_encoder(directory: str | os.PathLike) -> tuple[nn.Module, d
     return model.eval(), config
 
 
+# --------------------------------------------------------------------------------------------------- machine paths
+#: What the training run's ``paths.*`` directories become in exported files: the project's default relative ones
+#: (``configs/paths/default.yaml`` with ``root_dir: .``), so ``captionless3d.load(..., cache_dir=...)`` re-roots them.
+PORTABLE_ROOTS = {"output_dir": "./outputs", "cache_dir": "./.cache", "data_dir": "./data", "root_dir": "."}
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def machine_paths(api_model: Any) -> list[tuple[str, str]]:
+    """``(absolute path on the exporting machine, its portable replacement)``, longest first: the run's ``paths.*``
+    directories (:data:`PORTABLE_ROOTS`; a run directory outside them becomes ``./outputs/<its name>``), the
+    checkpoint file (its name), and the working and home directories (``.``, ``~``) as a last resort."""
+    paths = api_model.config.get("paths") or {}
+    found: dict[str, str] = {}
+
+    def add(path: Any, portable: str) -> None:
+        if isinstance(path, (str, os.PathLike)) and os.path.isabs(path):
+            path = os.path.normpath(os.fspath(path))
+            if len(Path(path).parts) > 1:  # never the file-system root itself
+                found.setdefault(path, portable)
+
+    for key, portable in PORTABLE_ROOTS.items():
+        add(paths.get(key), portable)
+    run_dir = paths.get("run_dir")
+    if isinstance(run_dir, str) and os.path.isabs(run_dir) and not any(_under(run_dir, root) for root in found):
+        add(run_dir, f"./outputs/{Path(run_dir).name}")
+    if api_model.checkpoint is not None:
+        add(api_model.checkpoint, api_model.checkpoint.name)
+        add(api_model.checkpoint.resolve(), api_model.checkpoint.name)
+    add(Path.cwd(), ".")
+    add(Path.home(), "~")
+    return sorted(found.items(), key=lambda item: -len(item[0]))
+
+
+def portable_text(text: str, roots: Sequence[tuple[str, str]]) -> str:
+    """``text`` with every occurrence of a :func:`machine_paths` prefix (whole path components only) replaced."""
+    for path, portable in roots:
+        text = re.sub(rf"(?<![\w.-]){re.escape(path)}(?![\w-]|\.[\w-])", lambda _, p=portable: p, text)
+    return text
+
+
+def portable_config(obj: Any, roots: Sequence[tuple[str, str]]) -> Any:
+    """A nested dict/list config with :func:`portable_text` applied to every string; an absolute path still left (one
+    outside the run's directories: a resumed checkpoint, released weights) keeps only its file name."""
+    if isinstance(obj, dict):
+        return {k: portable_config(v, roots) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable_config(v, roots) for v in obj]
+    if isinstance(obj, str):
+        obj = portable_text(obj, roots)
+        return (Path(obj).name or obj) if os.path.isabs(obj) else obj
+    return obj
+
+
 # --------------------------------------------------------------------------------------------------- config + card
 def export_config(api_model: Any) -> dict[str, Any]:
-    """What an exported model's user needs: I/O contract, preprocessing, architecture config, provenance."""
+    """What an exported model's user needs: I/O contract, preprocessing, architecture config, provenance. No path of
+    the exporting machine: the checkpoint is named by its file name (and hash), the model config by
+    :func:`portable_config`."""
     return {
         "format": "captionless3d point encoder export",
         "format_version": 1,
@@ -247,12 +327,12 @@ def export_config(api_model: Any) -> dict[str, Any]:
         "preprocessing": api_model.preprocessing,
         "n_points": api_model.n_points,
         "embedding_dim": api_model.teacher_dim,
-        "model": {k: v for k, v in (api_model.config.get("model") or {}).items()},
+        "model": portable_config(dict(api_model.config.get("model") or {}), machine_paths(api_model)),
         "teacher_id": api_model.teacher_id,
         "data_fingerprint": api_model.data_fingerprint,
         "experiment": api_model.experiment,
         "prompt_template": api_model.prompt_template,
-        "checkpoint": str(api_model.checkpoint) if api_model.checkpoint else None,
+        "checkpoint": api_model.checkpoint.name if api_model.checkpoint else None,
         "checkpoint_sha256": api_model.checkpoint_sha256,
     }
 
@@ -270,7 +350,7 @@ def _run_dir(api_model: Any) -> Path | None:
 def _results_summary(run_dir: Path | None) -> str:
     if run_dir is None:
         return "No results found next to the checkpoint (no `summary.json` or `results/` in its run directory)."
-    parts = [f"From the training run directory `{run_dir}`."]
+    parts = [f"From the training run directory (`{run_dir.name}`)."]
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         try:
@@ -295,7 +375,8 @@ def _results_summary(run_dir: Path | None) -> str:
 
 
 def model_card(api_model: Any, files: Sequence[str]) -> str:
-    """A short Markdown model card: provenance, I/O contract, protocol, results summary."""
+    """A short Markdown model card: provenance, I/O contract, protocol, results summary (paths of the exporting
+    machine, e.g. in the run's ``results.md``, made portable by :func:`portable_text`)."""
     from captionless3d.evaluation.runner import PROTOCOL
 
     cfg = api_model.config
@@ -304,7 +385,8 @@ def model_card(api_model: Any, files: Sequence[str]) -> str:
     mining = cfg.get("mining") or {}
     backbone = (f"`{model_cfg.get('name', '?')}` (in_channels {model_cfg.get('in_channels', '?')}, head "
                 f"{model_cfg.get('head_mlps', '?')})")
-    return f"""# captionless3d point encoder: `{api_model.experiment or 'model'}`
+    checkpoint = api_model.checkpoint.name if api_model.checkpoint else None
+    card = f"""# captionless3d point encoder: `{api_model.experiment or 'model'}`
 
 A point-cloud student (backbone below) trained to embed 3D point clouds into the frozen CLIP teacher's joint
 image/text space (captionless training: rendered views only, hard negatives mined from CLIP knowledge).
@@ -318,7 +400,7 @@ image/text space (captionless training: rendered views only, hard negatives mine
 | backbone | {backbone} |
 | mining | kinds {mining.get('kinds', [])}, scope {mining.get('scope', 'category')} |
 | loss | `{loss}` |
-| checkpoint | `{api_model.checkpoint}` (sha256 `{api_model.checkpoint_sha256[:16]}…`) |
+| checkpoint | `{checkpoint}` (sha256 `{api_model.checkpoint_sha256[:16]}…`) |
 | files | {', '.join(f'`{f}`' for f in files)} |
 
 ## Input and output
@@ -338,6 +420,7 @@ image/text space (captionless training: rendered views only, hard negatives mine
 
 {_results_summary(_run_dir(api_model))}
 """
+    return portable_text(card, machine_paths(api_model))
 
 
 def export(checkpoint: str | os.PathLike, formats: str | Sequence[str], out: str | os.PathLike) -> dict[str, Any]:
@@ -395,6 +478,9 @@ __all__ = [
     "export_safetensors",
     "load_safetensors_encoder",
     "export_config",
+    "machine_paths",
+    "portable_config",
+    "portable_text",
     "model_card",
     "export",
 ]

@@ -34,8 +34,10 @@ CARD_TAGS = ("captionless3d", "point-cloud", "3d", "clip", "zero-shot-classifica
 def hf_config(api_model: Any) -> dict[str, Any]:
     """``config.json`` of a pretrained directory: :func:`captionless3d.export.export_config` (I/O contract,
     preprocessing, architecture, teacher, provenance) plus the format tag, the file list and the full training
-    config (the teacher is rebuilt from it for image / text queries)."""
-    from captionless3d.export import export_config
+    config (the teacher is rebuilt from it for image / text queries) with the exporting machine's paths made
+    portable (:func:`captionless3d.export.portable_config`: ``paths.cache_dir`` becomes ``./.cache``, so
+    ``captionless3d.load(..., cache_dir=...)`` re-roots the caches as for a checkpoint)."""
+    from captionless3d.export import export_config, machine_paths, portable_config
     from captionless3d.version import __version__
 
     config = export_config(api_model)
@@ -45,7 +47,7 @@ def hf_config(api_model: Any) -> dict[str, Any]:
         library="captionless3d",
         library_version=__version__,
         files={"weights": WEIGHTS_FILE, "card": CARD_FILE},
-        training_config=api_model.config,
+        training_config=portable_config(api_model.config, machine_paths(api_model)),
     )
     return config
 
@@ -69,7 +71,8 @@ model.classify("chair.ply", labels=["chair", "table", "lamp"])
 
 Image and text queries use the teacher `{api_model.teacher_id}`, rebuilt from `training_config.teacher` in
 `config.json` (for a synthetic-world teacher: pass `cache_dir=` the training cache). `config.json` records the
-training run's resolved config, including its `paths.*`.
+training run's resolved config with its `paths.*` as the project's default relative directories (`./.cache`,
+`./outputs`, `./data`); `cache_dir=` re-roots everything under `./.cache`.
 """
     body = model_card(api_model, [WEIGHTS_FILE, CONFIG_FILE])
     title, _, rest = body.partition("\n")

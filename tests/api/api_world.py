@@ -84,6 +84,30 @@ def rewrite_checkpoint(src: Path, dst: Path, **meta: Any) -> Path:
     return dst
 
 
+def machine_paths_in(directory: Path, *machine: Path | str) -> list[str]:
+    """``"<file>: <path>"`` for each absolute path of the exporting machine found in a file of ``directory`` (every
+    file, read as bytes: configs, model cards, weights, graphs; a zip archive such as a TorchScript file member by
+    member, decompressed): ``machine`` (e.g. the run's root) and this checkout, the interpreter's prefix, the working
+    and the home directory, each as given and resolved."""
+    import os
+    import sys
+    import zipfile
+
+    import captionless3d
+
+    candidates = [*machine, Path(captionless3d.__file__).parents[2], sys.prefix, os.getcwd(), Path.home()]
+    roots = {str(p) for c in candidates for p in (Path(c), Path(c).resolve()) if p.is_absolute() and len(p.parts) > 1}
+    found = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = b"\n".join(archive.read(member) for member in archive.namelist())
+        else:
+            data = path.read_bytes()
+        found += [f"{path.name}: {root}" for root in sorted(roots) if root.encode("utf-8") in data]
+    return found
+
+
 @dataclass
 class World:
     root: Path

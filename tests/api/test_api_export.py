@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from api_world import machine_paths_in
 
 from captionless3d.cli import main
 from captionless3d.errors import ConfigError
@@ -117,6 +118,26 @@ def test_model_card_includes_the_run_results(world, tmp_path, capsys):
     card = (tmp_path / "model_card.md").read_text()
     assert "| zeroshot/top1 | 61.25 |" in card and "| retrieval/bg/gallery/s2i_r5 | 12.50 |" in card
     assert "params" not in card.split("## Results")[1]
+
+
+def test_exported_files_hold_no_path_of_the_exporting_machine(world, exported, tmp_path):
+    """config.json, the model card, the weights and both graphs: no absolute path of this machine, also when the run
+    directory's results cite the checkpoint by its absolute path (as the training run's results.md does)."""
+    assert machine_paths_in(exported, world.root) == []
+    assert json.loads((exported / "config.json").read_text())["checkpoint"] == world.ckpt.name
+    results = world.ckpt.parent.parent / "results" / "heldout" / "results.md"
+    results.parent.mkdir(parents=True)
+    selected = world.ckpt.parent / "epoch=3-step=40.ckpt"  # the file Lightning selected, as results.md cites it
+    results.write_text(f"# heldout\n\n**Protocol.** test split. checkpoint: {selected}\n")
+    try:
+        export(world.ckpt, "safetensors", tmp_path)
+    finally:
+        results.unlink()
+        results.parent.rmdir()
+        results.parent.parent.rmdir()
+    card = (tmp_path / "model_card.md").read_text()
+    assert "checkpoint: ./outputs/run/checkpoints/epoch=3-step=40.ckpt" in card  # the run directory, made portable
+    assert machine_paths_in(tmp_path, world.root) == []
 
 
 def _random_model(name: str, n: int, **overrides) -> torch.nn.Module:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from api_world import machine_paths_in
 
 import captionless3d
 from captionless3d.api.pretrained import (
@@ -100,8 +101,19 @@ def test_export_hf_writes_weights_config_and_a_hub_model_card(hf_export, model):
     assert 'captionless3d.load("hf-hub:<org>/<name>")' in card.text and model.teacher_id in card.text
 
 
+def test_export_hf_holds_no_path_of_the_exporting_machine(hf_export, world):
+    """The training config in config.json keeps its paths relative (the project's defaults), so the Hub artefact
+    names no directory of the exporting machine; the cache paths stay re-rootable with cache_dir=."""
+    assert machine_paths_in(hf_export, world.root) == []
+    training = read_pretrained_config(hf_export)["training_config"]
+    assert training["paths"]["cache_dir"] == "./.cache" and training["paths"]["run_dir"] == "./outputs/run"
+    assert training["data"]["collection"]["root"] == "./.cache/worlds"
+    assert training["teacher"]["factory"]["out_root"] == "./.cache/teachers"
+
+
 def test_hub_round_trip_gives_identical_embeddings(offline_hub, model, world, capsys):
-    loaded = captionless3d.load(f"{HF_PREFIX}{REPO}")
+    # cache_dir: where the training caches are on this machine (config.json names them ./.cache, as exported)
+    loaded = captionless3d.load(f"{HF_PREFIX}{REPO}", cache_dir=world.root / "cache")
     assert loaded.checkpoint is None and loaded.source == f"{HF_PREFIX}{REPO}"
     assert ((loaded.teacher_id, loaded.teacher_dim, loaded.n_points)
             == (model.teacher_id, model.teacher_dim, model.n_points))
@@ -172,7 +184,8 @@ def test_cli_reads_the_hub_cache_from_the_environment(hub_cache, world, model, t
     labels = list(world.collection.categories)
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "captionless3d.cli", "classify", str(shape), "--ckpt",
-                           f"{HF_PREFIX}{REPO}", "--labels", *labels, "--top", "1"],
+                           f"{HF_PREFIX}{REPO}", "--cache-dir", str(world.root / "cache"), "--labels", *labels,
+                           "--top", "1"],
                           check=False, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     label, score = model.classify(str(shape), labels=labels, top=1)[0][0]

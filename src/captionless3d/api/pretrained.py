@@ -7,7 +7,8 @@ A pretrained directory (what :func:`captionless3d.hub.export_hf` writes, and wha
 * ``config.json``: ``format`` = :data:`PRETRAINED_FORMAT`, ``format_version``, the I/O contract and preprocessing,
   ``model`` (the architecture config), ``teacher_id`` / ``embedding_dim`` / ``data_fingerprint`` / ``experiment``, and
   ``training_config`` (the checkpoint's full resolved training config, from which the teacher is rebuilt for image
-  and text queries, as for a checkpoint);
+  and text queries, as for a checkpoint; its paths are the project's default relative ones, ``paths.cache_dir`` =
+  ``./.cache``, which ``cache_dir=`` re-roots: :func:`captionless3d.export.portable_config`);
 * ``README.md``: the model card (Hub front matter + :func:`captionless3d.export.model_card`).
 
 ``captionless3d.load("hf-hub:<org>/<name>[@<revision>]")`` resolves the repository through
