@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from api_world import machine_paths_in
 
 import captionless3d
 from captionless3d.cli import main
@@ -56,3 +57,4 @@ def test_real_checkpoint_loads_classifies_indexes_and_exports(trained, tmp_path,
     assert main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
     card = (tmp_path / "onnx" / "model_card.md").read_text()
     assert "zeroshot/top1" in card  # the run's summary.json results made it into the card
+    assert machine_paths_in(tmp_path / "onnx", root) == []  # a real run's paths (Hydra run dir, results.md) included
