@@ -121,3 +121,17 @@ def test_probe_on_a_frozen_encoder_and_through_evaluate_encoder():
     no_val = ToyCollection({"train": 8, "test": 4})
     with pytest.raises(DataError, match="split 'val' is empty"):
         linear_probe_encoder(enc, no_val, n_points=64)
+
+
+def test_evaluation_shows_progress_only_when_asked(capsys):
+    col = ToyCollection({"train": 64, "val": 24, "test": 24})
+    enc = calibrate_batchnorm(tiny_encoder(), col.points[col.indices("train")], 96)
+    kwargs = dict(n_points=96, protocols=("zeroshot", "linear_probe"), linear_probe={"l2_grid": [1e-3, 1e-1]})
+    quiet = evaluate_encoder(enc, col, toy_features(col), **kwargs)
+    assert capsys.readouterr().err == ""
+    shown = evaluate_encoder(enc, col, toy_features(col), progress=True, **kwargs)
+    err = capsys.readouterr().err
+    for bar in ("embed test shapes", "embed train shapes (linear probe)", "embed val shapes (linear probe)",
+                "linear probe l2 path"):
+        assert bar in err
+    assert shown.metrics == quiet.metrics  # a bar changes nothing else

@@ -150,7 +150,7 @@ def run_benchmarks(
                 continue
             result = evaluate_encoder(
                 encoder, bench.collection, bench.features, device=device, return_embeddings=artefacts["enabled"],
-                teacher=getattr(bench, "teacher", None), **runner,
+                teacher=getattr(bench, "teacher", None), progress=True, **runner,
             )
             metrics = result.metrics
             bench_dir = output_dir / "results" / name

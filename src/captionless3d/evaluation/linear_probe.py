@@ -159,13 +159,17 @@ def linear_probe(
     num_classes: int,
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     max_iter: int = 500,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Choose ``l2`` on the validation split, then score the test split once (see the module docstring).
 
     Embeddings are ``(N_split, D)`` (any float dtype), labels integer ``(N_split,)``. Returns ``top1`` and
     ``class_mean_top1`` (test, percent), ``num_samples``, ``per_class_top1``, ``confusion_matrix`` (test) and
     ``selection``: ``{"l2": chosen, "val_top1": {l2: %}, "val_class_mean_top1": {l2: %}, "criterion": ...}``.
+    ``progress``: a progress bar over the ``l2`` path.
     """
+    from tqdm.auto import tqdm
+
     grid = _check_grid(l2_grid)
     if num_classes < 2:
         raise DataError(f"linear probe: needs at least 2 classes, got {num_classes}")
@@ -186,7 +190,8 @@ def linear_probe(
     val_top1: dict[float, float] = {}
     val_cmean: dict[float, float] = {}
     probe: LinearProbe | None = None
-    for l2 in sorted(set(grid), reverse=True):  # regularisation path: strongest penalty first, warm starts
+    path = sorted(set(grid), reverse=True)  # regularisation path: strongest penalty first, warm starts
+    for l2 in tqdm(path, desc="linear probe l2 path", unit="l2", leave=False, disable=not progress):
         probe = fit_logistic_regression(xtr, ytr, num_classes, l2=l2, max_iter=max_iter, mean=mean, std=std, init=probe)
         val = classification_metrics(probe.logits(xva), yva)
         val_top1[l2], val_cmean[l2] = val["top1"], val["class_mean_top1"]
@@ -224,12 +229,14 @@ def linear_probe_encoder(
     max_iter: int = 500,
     test_emb: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Linear probe of a frozen ``encoder`` on ``collection``'s splits (labels = ``collection.labels``).
 
     ``test_emb`` ``(N_test, D)``: embeddings of ``test_split`` already computed with the same settings (reused). Each
     split gets a different embedding seed offset so no two splits share the sampling stream. :class:`DataError`
-    naming the collection and split when a split is empty.
+    naming the collection and split when a split is empty. ``progress``: progress bars over the embedding passes
+    and the ``l2`` path.
     """
     name = getattr(collection, "name", type(collection).__name__)
     labels = torch.from_numpy(np.array(collection.labels, dtype=np.int64))
@@ -248,7 +255,9 @@ def linear_probe_encoder(
             emb = embed_points(
                 encoder, collection.points[index], n_points=n_points, batch_size=batch_size,
                 seed=seed + 10 * (offset + 1), device=device,
+                progress=f"embed {split} shapes (linear probe)" if progress else None,
             )
         embedded[split] = (emb, labels[torch.from_numpy(index)])
     (xtr, ytr), (xva, yva), (xte, yte) = (embedded[s] for s in (train_split, val_split, test_split))
-    return linear_probe(xtr, ytr, xva, yva, xte, yte, num_classes=num_classes, l2_grid=l2_grid, max_iter=max_iter)
+    return linear_probe(xtr, ytr, xva, yva, xte, yte, num_classes=num_classes, l2_grid=l2_grid, max_iter=max_iter,
+                        progress=progress)

@@ -231,6 +231,7 @@ def evaluate_encoder(
     teacher: Any = None,
     return_embeddings: bool = False,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> BenchmarkResult:
     """One encoder on ``split`` of ``collection``: metrics in percent with the key naming of ``report``, their chance
     levels and the side results (:class:`~captionless3d.evaluation.result.BenchmarkResult`).
@@ -243,7 +244,8 @@ def evaluate_encoder(
     embeddings per domain, gallery) for :mod:`.artefacts`.
     ``templates``: zero-shot prompt sets (:data:`captionless3d.teacher.classifier.TEMPLATE_SETS` names); ``single``
     uses the feature store's prompt embeddings (keys ``zeroshot/...``), any other set is embedded with ``teacher``
-    (keys ``zeroshot_<set>/...``).
+    (keys ``zeroshot_<set>/...``). ``progress``: progress bars over the embedding passes and the linear probe's
+    regularisation path.
     """
     unknown = sorted(set(protocols) - set(KNOWN_PROTOCOLS))
     if unknown:
@@ -265,14 +267,15 @@ def evaluate_encoder(
     shape_emb: torch.Tensor | None = None
     if teacher_space or "linear_probe" in protocols or return_embeddings:
         shape_emb = embed_points(
-            encoder, collection.points[index], n_points=n_points, batch_size=batch_size, seed=seed, device=device
+            encoder, collection.points[index], n_points=n_points, batch_size=batch_size, seed=seed, device=device,
+            progress=f"embed {split} shapes" if progress else None,
         )
 
     def pair_embeddings(pair_objects: np.ndarray) -> torch.Tensor:
         # each pair gets its own random point sample of its shape, as the paper's Pix3D loader
         return embed_points(
             encoder, collection.points[pair_objects], n_points=n_points, batch_size=batch_size, seed=seed + 1,
-            device=device,
+            device=device, progress=f"embed {split} photo pairs' shapes" if progress else None,
         )
 
     result = embedding_metrics(
@@ -285,7 +288,7 @@ def evaluate_encoder(
 
         probe = linear_probe_encoder(
             encoder, collection, test_split=split, n_points=n_points, batch_size=batch_size, seed=seed,
-            test_emb=shape_emb, device=device, **probe_opts,
+            test_emb=shape_emb, device=device, progress=progress, **probe_opts,
         )
         classifiers["linear_probe"] = probe
     if "finetune" in protocols:
