@@ -125,16 +125,18 @@ def run_metrics(summary: dict[str, Any], benchmark: str) -> dict[str, float]:
 
 
 def study_table(spec: dict[str, Any], out: Path, benchmark: str = "heldout"):
-    from captionless3d.evaluation.compare import find_summaries
+    from captionless3d.evaluation.compare import find_summaries, params_of_runs
     from captionless3d.evaluation.oracle import ORACLE_NAME
     from captionless3d.evaluation.report import mean_std_table
 
     groups: dict[str, list[dict[str, float]]] = {}
     oracles: list[dict[str, float]] = []
-    for _path, summary in find_summaries([out]):
+    finished: list[tuple[Path, dict[str, Any]]] = []
+    for path, summary in find_summaries([out]):
         name = str(summary.get("experiment"))
         if name not in spec["runs"] or not (summary.get("metrics") or {}).get(benchmark):
             continue
+        finished.append((path, summary))
         groups.setdefault(name, []).append(run_metrics(summary, benchmark))
         oracle = (summary.get("oracle") or {}).get(benchmark)
         if oracle and oracle not in oracles:
@@ -157,6 +159,7 @@ def study_table(spec: dict[str, Any], out: Path, benchmark: str = "heldout"):
                 "teacher-oracle: the teacher's own mean render embedding per shape (one row per distinct teacher "
                 "and world, merged).")
     return mean_std_table(ordered, columns=COLUMNS, protocol=protocol, notes=notes, references=[ORACLE_NAME],
+                          params_m=params_of_runs(finished, benchmark),
                           title=f"study {out.name}: mean ± std over seeds")
 
 

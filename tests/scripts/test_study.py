@@ -50,6 +50,9 @@ def test_table_merges_seeds_with_the_oracle_row_and_the_last_validation_pass(tmp
     spec.write_text(SPEC)
     for seed, (r1, fit) in enumerate([(2.0, 5.0), (4.0, 7.0)]):
         _summary(tmp_path / "out" / "init_14" / f"seed{seed}", "init_14", seed, r1, fit)
+    results = tmp_path / "out" / "init_14" / "seed0" / "results" / "heldout" / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"rows": [{"name": "init_14", "params_m": 1.4}]}))  # the run's own results table
     proc = _run(spec, "--out", tmp_path / "out", "--table-only")
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads((tmp_path / "out" / "study.json").read_text())["rows"]}
@@ -59,6 +62,7 @@ def test_table_merges_seeds_with_the_oracle_row_and_the_last_validation_pass(tmp
     assert row["metrics"]["monitor/train_fit/gallery/i2s_r1"] == 6.0 and row["metrics"]["wall_minutes"] == 2.0
     assert "monitor/val/oracle/gallery/i2s_r1" not in row["metrics"]
     assert "3.0 ± 1.4" in proc.stdout
+    assert row["params_m"] == 1.4 and rows["teacher-oracle"]["params_m"] is None
 
 
 def test_bad_spec_is_a_clear_error(tmp_path):
