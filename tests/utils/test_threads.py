@@ -65,18 +65,25 @@ def test_busy_cores_elsewhere_is_none_without_proc():
     assert threads.busy_cores_elsewhere(0.0, read=missing, sleep=lambda s: None) is None
     read = _reader({"/proc/stat": ["intr 1\n", "intr 2\n"], "/proc/self/stat": [_self_stat(0, 0)] * 2})
     assert threads.busy_cores_elsewhere(0.0, read=read, sleep=lambda s: None) is None
+    # a malformed cpu line or self-stat: no figure rather than a wrong one (auto_threads falls back to the load)
+    read = _reader({"/proc/stat": ["cpu0 1 x 3 4\n"] * 2, "/proc/self/stat": [_self_stat(0, 0)] * 2})
+    assert threads.busy_cores_elsewhere(0.0, read=read, sleep=lambda s: None) is None
+    read = _reader({"/proc/stat": [_stat(0, 0, 0, 0)] * 2, "/proc/self/stat": ["4242 (python) S 1 2"] * 2})
+    assert threads.busy_cores_elsewhere(0.0, read=read, sleep=lambda s: None) is None
 
 
 @pytest.mark.parametrize(("busy", "load", "expected"), [(0.0, 2.0, 2), (1.1, 0.0, 1), (5.0, 0.0, 1),
                                                         (None, 1.0, 1), (None, 0.2, 2)])
 def test_auto_threads_takes_the_cores_nobody_else_uses(monkeypatch, busy, load, expected):
-    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda: busy)
+    asked = []
+    monkeypatch.setattr(threads, "busy_cores_elsewhere", lambda cpus=None: asked.append(cpus) or busy)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         assert threads.auto_threads() == expected
+        assert asked == [{0, 1}]  # the affinity mask, read once, is what gets sampled
     finally:
         torch.set_num_threads(before)
 

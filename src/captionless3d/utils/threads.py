@@ -87,8 +87,9 @@ def auto_threads() -> int:
     process slows the whole op down (docs/pointnext_speed.md has the measurement on the 2-core machine).
     """
     current = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or current)
-    busy = busy_cores_elsewhere()
+    cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores = len(cpus) if cpus else (os.cpu_count() or current)
+    busy = busy_cores_elsewhere(cpus=cpus)
     if busy is None:
         try:
             busy = os.getloadavg()[0]
